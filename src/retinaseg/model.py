@@ -1,0 +1,53 @@
+"""U-Net builder whose depth and width are parameters (Ronneberger et al., 2015).
+
+The tutorial's two configurations are ``depth=4, base_filters=64`` (64..1024 filters)
+and ``depth=3, base_filters=32`` (32..256). As in the tutorial, the encoder blocks use
+batch normalisation and the bottleneck uses dropout.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def conv_block(x, filters: int, batch_norm: bool, name: str):
+    """Two 3x3 convolutions, each followed (optionally) by batch norm, then ReLU."""
+    for index in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
+                          kernel_initializer="he_normal", name=f"{name}_conv{index}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{index}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
+    return x
+
+
+def build_unet(image_size: int, num_classes: int, depth: int = 4, base_filters: int = 64,
+               dropout: float = 0.5, batch_norm: bool = True) -> keras.Model:
+    """Return a U-Net mapping [H, W, 3] images in [0, 1] to per-class probabilities.
+
+    ``num_classes == 1`` gives one sigmoid plane (binary task); more gives a softmax over
+    planes (background first). The output layer is float32 even under a mixed-precision
+    policy, so losses and thresholds see full-precision probabilities.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    skips = []
+    for level in range(depth):
+        x = conv_block(x, base_filters * 2**level, batch_norm, name=f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+
+    x = conv_block(x, base_filters * 2**depth, batch_norm, name="bottleneck")
+    x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_upconv")(x)
+        x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
+        x = conv_block(x, filters, batch_norm=False, name=f"up{level}")
+
+    activation = "sigmoid" if num_classes == 1 else "softmax"
+    outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32",
+                            name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}")

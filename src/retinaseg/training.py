@@ -1,0 +1,115 @@
+"""Train one task's U-Net from the augmented set, validating on held-out training images."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinaseg import hardware, losses, tracking
+from retinaseg.atomic import atomic_path, write_json
+from retinaseg.errors import PipelineError
+from retinaseg.model import build_unet
+from retinaseg.preprocess import load_set
+
+
+def validation_ids(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Held-out training images for model selection; never augmented copies of them."""
+    if fraction == 0:
+        return np.empty(0, dtype=train_ids.dtype)
+    count = min(len(train_ids) - 1, max(1, round(fraction * len(train_ids))))
+    if count < 1:
+        raise PipelineError(f"train.val_fraction = {fraction} leaves no training image "
+                            f"(only {len(train_ids)} training ids); set it to 0 or add training ids")
+    return np.sort(np.random.default_rng(seed).choice(train_ids, count, replace=False))
+
+
+def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, shuffle_seed: int | None):
+    """tf.data pipeline: uint8 arrays in memory -> shuffled float32 batches, prefetched."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return (dataset.batch(batch_size)
+            .map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, tf.cast(y, tf.float32)),
+                 num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir: Path, curve_path: Path,
+               model_params: dict[str, Any], train_params: dict[str, Any],
+               logged_params: dict[str, Any]) -> dict[str, Any]:
+    """Train, keep the best epoch by validation Dice, log everything to MLflow.
+
+    Writes ``model_dir/model.keras`` and ``model_dir/run.json`` (the MLflow run that
+    evaluate continues), and the per-epoch curve at ``curve_path``, all atomically.
+    """
+    import keras
+    import mlflow
+
+    precision = hardware.configure(train_params["precision"], train_params["threads"])
+    keras.utils.set_random_seed(train_params["seed"])
+
+    augmented = load_set(augmented_dir, task)
+    prepared = load_set(prepared_dir / "train", task)
+    held_out = validation_ids(prepared["ids"], train_params["val_fraction"], train_params["seed"])
+    train_rows = ~np.isin(augmented["ids"], held_out)
+    val_rows = np.isin(prepared["ids"], held_out)
+    train_x, train_y = augmented["images"][train_rows], augmented[task][train_rows]
+    image_size, num_classes = train_y.shape[1], train_y.shape[-1]
+    batch_size = train_params["batch_size"]
+    train_data = make_dataset(train_x, train_y, batch_size, shuffle_seed=train_params["seed"])
+    val_data = make_dataset(prepared["images"][val_rows], prepared[task][val_rows], batch_size, None)
+    monitor = "val_dice" if len(held_out) else "dice"
+
+    weights = losses.class_weights_from_masks(train_y) if train_params["loss"].startswith("weighted") else None
+    model = build_unet(image_size, num_classes, model_params["depth"], model_params["base_filters"],
+                       model_params["dropout"], model_params["batch_norm"])
+    model.compile(optimizer=keras.optimizers.Adam(train_params["lr"]),
+                  loss=losses.build_loss(train_params["loss"], num_classes, weights),
+                  metrics=[losses.dice_coefficient], jit_compile=train_params["jit_compile"])
+    print(f"train {task}: {model.name}, {model.count_params():,} parameters, {precision}, "
+          f"{train_rows.sum()} training rows from {len(np.unique(augmented['ids'][train_rows]))} images, "
+          f"{val_rows.sum()} validation images")
+
+    experiment_id = tracking.setup()
+    with (mlflow.start_run(experiment_id=experiment_id, run_name=task, tags=tracking.run_tags(task)) as run,
+          atomic_path(model_dir, is_dir=True) as out, atomic_path(curve_path) as curve):
+        tracking.log_params({**logged_params, "precision_used": precision, "num_classes": num_classes,
+                             "parameters": model.count_params(), "val_ids": held_out.tolist(),
+                             "class_weights": weights})
+        checkpoint = out / "model.keras"
+        started = time.perf_counter()
+        history = model.fit(
+            train_data, validation_data=val_data if len(held_out) else None,
+            epochs=train_params["epochs"], verbose=2,
+            callbacks=[
+                keras.callbacks.TerminateOnNaN(),
+                keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, mode="max", save_best_only=True),
+                keras.callbacks.CSVLogger(curve, separator="\t"),
+                mlflow.tensorflow.MlflowCallback(log_every_epoch=True),
+            ],
+        ).history
+        seconds = time.perf_counter() - started
+        if any(math.isnan(value) for value in history["loss"]):
+            raise PipelineError(f"train {task}: the loss became NaN at epoch {len(history['loss'])}; "
+                                f"lower train.lr (now {train_params['lr']}) or try another train.loss")
+        best_epoch = int(np.argmax(history[monitor]))
+        summary = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": tracking.tracking_uri(),
+                   "task": task, "precision": precision, "parameters": model.count_params(),
+                   "train_seconds": round(seconds, 1), "epochs": len(history["loss"]),
+                   "best_epoch": best_epoch + 1, f"best_{monitor}": float(history[monitor][best_epoch])}
+        mlflow.log_metrics({"train_seconds": seconds, "best_epoch": best_epoch + 1,
+                            f"best_{monitor}": summary[f"best_{monitor}"]})
+        best = keras.saving.load_model(checkpoint, compile=False)
+        sample = train_x[:1].astype(np.float32) / 255.0
+        signature = mlflow.models.infer_signature(sample, best.predict(sample, verbose=0))
+        mlflow.tensorflow.log_model(best, name="model", signature=signature)
+        write_json(out / "run.json", summary)
+    print(f"train {task}: best {monitor} {summary[f'best_{monitor}']:.3f} at epoch {best_epoch + 1}, "
+          f"{seconds:.0f} s; MLflow run {run.info.run_id}")
+    return summary
