@@ -1,0 +1,31 @@
+import numpy as np
+
+from retinaseg import masks
+
+
+def test_binarize_uses_fraction_of_full_scale():
+    confidence = np.array([0, 21, 42, 189, 210, 252], dtype=np.uint8)
+    assert masks.binarize(confidence, 0.1).tolist() == [False, False, True, True, True, True]
+    assert masks.binarize(confidence, 0.75).tolist() == [False, False, False, False, True, True]
+
+
+def test_one_class_task_keeps_a_single_plane():
+    lesions = {"hemorrhages": np.array([[1, 0]], bool), "redsmalldots": np.array([[0, 1]], bool)}
+    planes = masks.class_planes(lesions, {"hemorrhages": ["hemorrhages"]})
+    assert planes.shape == (1, 2, 1) and planes[..., 0].tolist() == [[1, 0]]
+    assert masks.class_names({"hemorrhages": ["hemorrhages"]}) == ["hemorrhages"]
+
+
+def test_several_classes_get_background_and_exclusive_planes():
+    lesions = {
+        "hemorrhages": np.array([[1, 0, 0, 1]], bool),
+        "redsmalldots": np.array([[0, 1, 0, 0]], bool),
+        "hardexudates": np.array([[0, 0, 0, 1]], bool),
+        "softexudates": np.array([[0, 0, 0, 0]], bool),
+    }
+    classes = {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]}
+    planes = masks.class_planes(lesions, classes)
+    assert masks.class_names(classes) == ["background", "red", "bright"]
+    # Pixel 3 is both red and bright: the class listed first (red) keeps it.
+    assert planes[0].tolist() == [[0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]]
+    assert (planes.sum(axis=-1) == 1).all()

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from retinaseg.model import build_unet
+
+
+@pytest.mark.parametrize("depth, classes", [(2, 1), (3, 3)])
+def test_unet_shapes_and_output_activation(depth, classes):
+    model = build_unet(32, classes, depth=depth, base_filters=4)
+    out = model.predict(np.random.default_rng(0).random((2, 32, 32, 3), np.float32), verbose=0)
+    assert out.shape == (2, 32, 32, classes)
+    if classes == 1:
+        assert ((out > 0) & (out < 1)).all()
+    else:
+        np.testing.assert_allclose(out.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_depth_and_width_set_filter_counts():
+    model = build_unet(64, 1, depth=4, base_filters=8)
+    convs = {layer.name: layer.filters for layer in model.layers if hasattr(layer, "filters")}
+    assert [convs[f"down{level}_conv1"] for level in range(4)] == [8, 16, 32, 64]
+    assert convs["bottleneck_conv1"] == 128
+    assert convs["up0_conv2"] == 8
+
+
+def test_tutorial_configuration_parameter_count():
+    # The tutorial's depth-4, 64-filter U-Net has about 31 million weights.
+    assert 30e6 < build_unet(256, 1, depth=4, base_filters=64).count_params() < 32e6
+
+
+def test_output_stays_float32_under_mixed_precision():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_unet(32, 3, depth=2, base_filters=4)
+        assert model.output.dtype == "float32"
+        assert model.get_layer("down0_conv1").compute_dtype == "bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
