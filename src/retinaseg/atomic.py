@@ -48,7 +48,7 @@ def write_text(target: str | Path, text: str) -> None:
 
 
 def write_json(target: str | Path, payload: object) -> None:
-    """Write JSON with NaN kept as ``NaN`` is not valid JSON, so NaN becomes ``null``."""
+    """Write JSON; NaN (undefined scores) becomes ``null``, since NaN is not valid JSON."""
     write_text(target, json.dumps(_nan_to_none(payload), indent=2, sort_keys=False) + "\n")
 
 

@@ -19,7 +19,8 @@ from retinaseg.layout import LESION_TYPES, NUM_IMAGES
 
 PARAMS_FILE = Path("params.yaml")
 LOSSES = ("dice", "bce", "dice_bce", "weighted_bce", "cce", "weighted_cce")
-MULTICLASS_ONLY_LOSSES = ("cce", "weighted_cce")
+#: Categorical losses need mutually exclusive planes, so at least two of them.
+MULTICLASS_LOSSES = ("cce", "weighted_cce")
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,8 @@ def _validate_combinations(params: dict[str, Any], source: Path) -> None:
                             f"{2**depth}; choose a multiple of {2**depth} or a smaller model.depth")
     loss = params["train"]["loss"]
     single_class = [task for task, classes in params["tasks"].items() if len(classes) == 1]
-    if loss in MULTICLASS_ONLY_LOSSES and single_class:
-        allowed = " | ".join(name for name in LOSSES if name not in MULTICLASS_ONLY_LOSSES)
+    if loss in MULTICLASS_LOSSES and single_class:
+        allowed = " | ".join(name for name in LOSSES if name not in MULTICLASS_LOSSES)
         raise PipelineError(f"{source}: train.loss = {loss!r} needs several classes but task "
                             f"'{single_class[0]}' has one; allowed for it: {allowed}")
 

@@ -1,0 +1,187 @@
+"""Seeded offline augmentation: each image and its masks get one shared affine warp.
+
+This replaces Keras' ImageDataGenerator (shifts, shear, zoom, flips) so the augmented
+training set is written once, is byte-for-byte reproducible and is tracked by DVC.
+
+Geometry is a single 3x3 matrix in (row, col) pixel coordinates that maps each output
+pixel to the input point it samples, composed about the image centre, so every
+pixel is interpolated only once. Zoom follows Keras' ``zoom_range`` convention: the
+factor scales that output-to-input map, so a factor below 1 samples a smaller region
+and zooms in (one factor for both axes, so lesions keep their shape). Outside the
+input the fill is 0, the black fundus background. Warps run in Pillow, which gives
+the same pixels as ``scipy.ndimage.affine_transform`` at about twice the speed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from retinaseg.errors import PipelineError
+
+
+def random_affine(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    *,
+    rotation_deg: float,
+    shift: float,
+    zoom: tuple[float, float],
+    shear_deg: float,
+    horizontal_flip: bool,
+    vertical_flip: bool,
+) -> np.ndarray:
+    """Draw one output-to-input 3x3 matrix in (row, col) coordinates.
+
+    Every draw happens whatever the ranges, so switching one option off does not
+    change the random values of the others.
+    """
+    angle = math.radians(rng.uniform(-rotation_deg, rotation_deg))
+    shear = math.radians(rng.uniform(-shear_deg, shear_deg))
+    scale = rng.uniform(zoom[0], zoom[1])
+    shift_row, shift_col = rng.uniform(-shift, shift, size=2) * (height, width)
+    flip_row, flip_col = rng.random(2) < 0.5
+
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotate = np.array([[cos, -sin], [sin, cos]])
+    shear_cols = np.array([[1.0, 0.0], [math.tan(shear), 1.0]])
+    mirror = np.diag([-1.0 if vertical_flip and flip_row else 1.0,
+                      -1.0 if horizontal_flip and flip_col else 1.0])
+    linear = mirror @ rotate @ shear_cols * scale
+
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    matrix = np.eye(3)
+    matrix[:2, :2] = linear
+    matrix[:2, 2] = centre - linear @ centre + (shift_row, shift_col)
+    return matrix
+
+
+def augment(
+    images: np.ndarray,
+    masks: np.ndarray,
+    *,
+    copies: int,
+    seed: int,
+    rotation_deg: float,
+    shift: float,
+    zoom: tuple[float, float],
+    shear_deg: float,
+    horizontal_flip: bool,
+    vertical_flip: bool,
+    brightness: float,
+    contrast: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the originals followed by ``copies`` augmented versions of every image.
+
+    ``images`` is uint8 [N,H,W,3] and ``masks`` uint8 {0,1} [N,H,W,K]. Row
+    ``c * N + i`` of the outputs is copy ``c`` of image ``i`` (copy 0 unchanged), and
+    ``source_index`` holds ``i`` for each row. Ranges: rotation and shear in degrees
+    (+-), shift as a fraction of height and width (+-), zoom as Keras' ``zoom_range``,
+    brightness as an offset in fractions of 255 (+-), contrast as a factor in
+    ``[1 - contrast, 1 + contrast]`` about each channel's mean; brightness and
+    contrast touch only the image.
+    """
+    _check(images, masks, copies=copies, seed=seed, zoom=zoom, rotation_deg=rotation_deg,
+           shift=shift, shear_deg=shear_deg, brightness=brightness, contrast=contrast)
+    count, height, width = images.shape[:3]
+    rng = np.random.default_rng(seed)
+    images_out = np.empty((count * (copies + 1), *images.shape[1:]), np.uint8)
+    masks_out = np.empty((count * (copies + 1), *masks.shape[1:]), np.uint8)
+    images_out[:count], masks_out[:count] = images, masks
+    for row in range(count, len(images_out)):
+        source = row % count
+        matrix = random_affine(rng, height, width, rotation_deg=rotation_deg, shift=shift,
+                               zoom=zoom, shear_deg=shear_deg, horizontal_flip=horizontal_flip,
+                               vertical_flip=vertical_flip)
+        offset = rng.uniform(-brightness, brightness) * 255
+        factor = rng.uniform(1 - contrast, 1 + contrast)
+        warped = _warp_image(images[source], matrix)
+        images_out[row] = _photometric(warped, offset, factor)
+        masks_out[row] = _warp_masks(masks[source], matrix)
+    source_index = np.tile(np.arange(count, dtype=np.int32), copies + 1)
+    return images_out, masks_out, source_index
+
+
+def _warp_image(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Bilinear per channel in float32: Pillow's 8-bit bilinear truncates (about -0.5 level)."""
+    size, coefficients = (image.shape[1], image.shape[0]), _pillow_coefficients(matrix)
+    channels = [
+        Image.fromarray(image[..., channel].astype(np.float32)).transform(
+            size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=0)
+        for channel in range(image.shape[-1])
+    ]
+    return np.stack([np.asarray(channel) for channel in channels], axis=-1)
+
+
+def _warp_masks(masks: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour copies whole bytes, so 8 planes packed per byte move as one."""
+    size, coefficients = (masks.shape[1], masks.shape[0]), _pillow_coefficients(matrix)
+    packed = np.packbits(masks, axis=-1, bitorder="little")
+    planes = [
+        Image.fromarray(packed[..., plane]).transform(
+            size, Image.Transform.AFFINE, coefficients, Image.Resampling.NEAREST, fillcolor=0)
+        for plane in range(packed.shape[-1])
+    ]
+    warped = np.stack([np.asarray(plane) for plane in planes], axis=-1)
+    return np.unpackbits(warped, axis=-1, count=masks.shape[-1], bitorder="little")
+
+
+def _pillow_coefficients(matrix: np.ndarray) -> tuple[float, ...]:
+    """Pillow wants (x, y) = (col, row) with pixel centres at +0.5, not (row, col) at 0."""
+    to_pillow = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5], [0.0, 0.0, 1.0]])
+    return tuple((to_pillow @ matrix @ np.linalg.inv(to_pillow))[:2].ravel())
+
+
+def _photometric(image: np.ndarray, offset: float, factor: float) -> np.ndarray:
+    """Adjust the float warp and round once, so unchanged pixels come back exactly."""
+    mean = image.mean(axis=(0, 1))
+    adjusted = (image - mean) * factor + mean + offset
+    return np.clip(np.rint(adjusted), 0, 255).astype(np.uint8)
+
+
+def _check(images: np.ndarray, masks: np.ndarray, *, copies: int, seed: int,
+           zoom: tuple[float, float], **ranges: float) -> None:
+    """Fail early with the parameter's name, before any work is done."""
+    _require(isinstance(images, np.ndarray) and images.dtype == np.uint8
+             and images.ndim == 4 and images.shape[-1] == 3,
+             "images", "a uint8 array [N,H,W,3]", _describe(images))
+    _require(isinstance(masks, np.ndarray) and masks.dtype == np.uint8 and masks.ndim == 4,
+             "masks", "a uint8 array [N,H,W,K]", _describe(masks))
+    _require(masks.shape[:3] == images.shape[:3], "masks",
+             f"the same N,H,W as images {images.shape[:3]}", masks.shape[:3])
+    top = int(masks.max()) if masks.size else 0
+    _require(top <= 1, "masks", "0 or 1 everywhere", f"a value of {top}")
+    for name, value in (("copies", copies), ("seed", seed)):
+        _require(isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                 and value >= 0, name, "an integer >= 0", value)
+    _require(isinstance(zoom, (tuple, list)) and len(zoom) == 2
+             and all(_is_number(value) for value in zoom)
+             and 0 < zoom[0] <= zoom[1], "zoom", "(low, high) with 0 < low <= high", zoom)
+    limits = {
+        "rotation_deg": ("[0, 180]", lambda value: 0 <= value <= 180),
+        "shear_deg": ("[0, 90)", lambda value: 0 <= value < 90),
+        "shift": ("[0, 1]", lambda value: 0 <= value <= 1),
+        "brightness": ("[0, 1)", lambda value: 0 <= value < 1),
+        "contrast": ("[0, 1)", lambda value: 0 <= value < 1),
+    }
+    for name, value in ranges.items():
+        text, within = limits[name]
+        _require(_is_number(value) and within(value), name, f"a number in {text}", value)
+
+
+def _require(ok: bool, name: str, allowed: str, got: object) -> None:
+    if not ok:
+        raise PipelineError(f"augment.{name} must be {allowed}, got {got}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _describe(array: object) -> str:
+    if isinstance(array, np.ndarray):
+        return f"{array.dtype} {list(array.shape)}"
+    return type(array).__name__
