@@ -1,0 +1,130 @@
+"""A real `dvc repro` of the whole pipeline on a tiny configuration, in a temporary git repo."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+TINY = {
+    "data": {"num_images": 8, "image_width": 150, "image_height": 116},
+    "prepare": {"image_size": 32, "train_ids": "1-5"},
+    "augment": {"copies": 1},
+    "model": {"depth": 2, "base_filters": 4},
+    "train": {"epochs": 2, "batch_size": 4, "val_fraction": 0.2},
+    "evaluate": {"n_overlays": 1},
+}
+TASKS = ("binary", "multiclass")
+
+
+def run(args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def set_params(repo, changes):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for block, values in changes.items():
+        params[block].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran_stages(output):
+    return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The project copied into a fresh git repo, reproduced once on tiny data."""
+    repo = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(PROJECT / name, repo / name)
+    for folder in ("stages", "src", ".dvc"):
+        shutil.copytree(PROJECT / folder, repo / folder, ignore=shutil.ignore_patterns("tmp", "cache", "__pycache__"))
+    set_params(repo, TINY)
+    run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
+    repo.joinpath("first_repro.log").write_text(run(["dvc", "repro"], repo).stdout)
+    return repo
+
+
+@pytest.mark.slow
+def test_repro_writes_every_declared_output(repo):
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    assert {"data/raw", "data/prepared", "data/augmented", "models/binary", "metrics/comparison.md"} <= set(outs)
+    for path in outs:
+        assert (repo / path).exists(), path
+    for task in TASKS:
+        assert (repo / "models" / task / "model.keras").stat().st_size > 0
+        curve = (repo / "metrics" / task / "train_curve.tsv").read_text().splitlines()
+        assert curve[0].split("\t")[:3] == ["epoch", "dice", "loss"] and len(curve) == 3
+        evaluation = json.loads((repo / "metrics" / task / "eval.json").read_text())
+        assert evaluation["n_images"] == 3 and len(evaluation["per_image"]) == 3
+        assert len(list((repo / "metrics" / task / "overlays").glob("*.png"))) == 1
+    assert "| binary | hemorrhages |" in (repo / "metrics" / "comparison.md").read_text()
+    assert not list(repo.rglob(".*.partial-*"))
+
+
+@pytest.mark.slow
+def test_mlflow_holds_one_run_per_task_with_params_and_metrics(repo):
+    import mlflow
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
+    runs = {run.data.tags["task"]: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == set(TASKS)
+    for task, run in runs.items():
+        assert run.data.params["model.depth"] == "2" and run.data.params["train.loss"] == "dice"
+        assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+        assert "test_macro_f1" in run.data.metrics
+        assert len(run.data.tags["git_commit"]) == 40
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
+        assert "evaluation/eval.json" in artifacts and "evaluation/overlays" in artifacts
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        planes = 1 if task == "binary" else 3
+        assert list(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 3]
+        assert model.predict(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, planes)
+    assert experiment.artifact_location == (repo / "mlruns").as_uri()
+
+
+@pytest.mark.slow
+def test_second_repro_runs_nothing_and_lr_change_reruns_only_training(repo):
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == []
+    set_params(repo, {"train": {"lr": 0.002}})
+    assert "train.lr" in run(["dvc", "params", "diff"], repo).stdout
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == [
+        "compare", "evaluate@binary", "evaluate@multiclass", "train@binary", "train@multiclass"]
+
+
+@pytest.mark.slow
+def test_bad_param_fails_before_work_naming_the_key(repo):
+    set_params(repo, {"model": {"depth": 9}})
+    result = run(["dvc", "repro"], repo, check=False)
+    set_params(repo, {"model": {"depth": 2}})
+    assert result.returncode != 0
+    assert "model.depth = 9 is not allowed; expected an integer from 2 to 6" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_experiment_with_another_loss_is_listed(repo):
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], repo)
+    run(["dvc", "exp", "run", "-S", "train.loss=bce", "--name", "bce-loss"], repo)
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+    assert "bce-loss" in shown and "bce" in shown and "dice" in shown

@@ -1,0 +1,145 @@
+"""The synthetic stand-in must match the official layout and encoding, deterministically."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retinaseg import layout
+from retinaseg.errors import PipelineError
+from retinaseg.synthetic import build_archive, generate
+
+NUM = 8
+SIZE = (150, 115)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def _gray(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, num_images=NUM, size=SIZE, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def maps(root: Path) -> dict[str, np.ndarray]:
+    """All maps of one lesion type stacked: (images, height, width)."""
+    return {
+        lesion: np.stack([_gray(root / layout.groundtruth_path(lesion, i)) for i in range(1, NUM + 1)])
+        for lesion in layout.LESION_TYPES
+    }
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(root: Path, tmp_path: Path) -> None:
+    generate(tmp_path / "same", num_images=NUM, size=SIZE, seed=0)
+    generate(tmp_path / "other", num_images=NUM, size=SIZE, seed=1)
+    reference, same, other = _files(root), _files(tmp_path / "same"), _files(tmp_path / "other")
+    assert same == reference
+    assert other.keys() == reference.keys()
+    images = [str(layout.image_path(i)) for i in range(1, NUM + 1)]
+    assert all(other[name] != reference[name] for name in images)
+
+
+def test_layout_is_complete(root: Path) -> None:
+    expected = {str(layout.FUNDUS_MASK), str(layout.TRAIN_LIST), str(layout.TEST_LIST)}
+    for image_id in range(1, NUM + 1):
+        expected.add(str(layout.image_path(image_id)))
+        expected.update(str(layout.groundtruth_path(lesion, image_id)) for lesion in layout.LESION_TYPES)
+    assert set(_files(root)) == expected
+
+
+def test_split_lists_follow_the_official_proportion(root: Path) -> None:
+    num_train = math.ceil(NUM * 28 / 89)
+    train = (root / layout.TRAIN_LIST).read_text().splitlines()
+    test = (root / layout.TEST_LIST).read_text().splitlines()
+    assert train == [f"images/ddb1_fundusimages/image{i:03d}.png" for i in range(1, num_train + 1)]
+    assert test == [f"images/ddb1_fundusimages/image{i:03d}.png" for i in range(num_train + 1, NUM + 1)]
+
+
+def test_modes_and_sizes_match_the_official_files(root: Path) -> None:
+    with Image.open(root / layout.FUNDUS_MASK) as mask:
+        assert (mask.format, mask.mode, mask.size) == ("TIFF", "L", SIZE)
+    with Image.open(root / layout.image_path(1)) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", SIZE)
+    with Image.open(root / layout.groundtruth_path("hemorrhages", 1)) as level_map:
+        assert (level_map.format, level_map.mode, level_map.size) == ("PNG", "L", SIZE)
+
+
+def test_maps_encode_summed_confidence_in_steps_of_21(maps: dict[str, np.ndarray]) -> None:
+    for lesion, stack in maps.items():
+        assert stack.any(), f"no {lesion} in any image"
+        assert np.all(stack % layout.CONFIDENCE_STEP == 0)
+        assert stack.max() <= 4 * 3 * layout.CONFIDENCE_STEP
+    levels = np.unique(np.concatenate([stack.ravel() for stack in maps.values()]))
+    assert len(levels[levels > 0]) >= 4
+
+
+def test_some_images_lack_a_type_but_most_have_haemorrhages(maps: dict[str, np.ndarray]) -> None:
+    per_image = {lesion: stack.reshape(NUM, -1).any(1) for lesion, stack in maps.items()}
+    assert not all(per_image[lesion].all() for lesion in layout.LESION_TYPES)
+    assert per_image["hemorrhages"].sum() >= NUM // 2
+
+
+def test_lesions_lie_inside_the_field_of_view_and_outside_is_black(root: Path, maps: dict[str, np.ndarray]) -> None:
+    fov = _gray(root / layout.FUNDUS_MASK) > 0
+    for stack in maps.values():
+        assert not stack[:, ~fov].any()
+    for image_id in range(1, NUM + 1):
+        image = _gray(root / layout.image_path(image_id))
+        assert not image[~fov].any()
+        assert image[fov].mean() > 40
+
+
+def test_lesions_are_visible_in_the_image(root: Path, maps: dict[str, np.ndarray]) -> None:
+    """Haemorrhages are darker and exudates more yellow than the fundus around them."""
+    fov = _gray(root / layout.FUNDUS_MASK) > 0
+    images = np.stack([_gray(root / layout.image_path(i)) for i in range(1, NUM + 1)]).astype(float)
+    fundus = images[:, fov].mean(axis=(0, 1))
+    haemorrhage = images[maps["hemorrhages"] >= 84].mean(axis=0)
+    exudate = images[maps["hardexudates"] >= 84].mean(axis=0)
+    assert haemorrhage.sum() < 0.7 * fundus.sum()
+    assert exudate[1] > 1.5 * fundus[1]
+
+
+def test_full_size_disc_is_about_1150_px_tall_and_centred(tmp_path: Path) -> None:
+    generate(tmp_path, num_images=1)
+    fov = _gray(tmp_path / layout.FUNDUS_MASK) > 0
+    assert fov.shape == (1152, 1500)
+    rows, cols = np.flatnonzero(fov.any(1)), np.flatnonzero(fov.any(0))
+    assert 1140 <= len(rows) <= 1152 and 1140 <= len(cols) <= 1160
+    assert abs((cols[0] + cols[-1]) / 2 - 749.5) <= 1 and not fov[:, :100].any()
+    distance = np.hypot(*(np.indices(fov.shape) - np.array([575.5, 749.5])[:, None, None]))
+    brightness = _gray(tmp_path / layout.image_path(1)).astype(float).sum(axis=2)
+    assert brightness[distance < 150].mean() > 1.3 * brightness[fov & (distance > 540)].mean()
+
+
+def test_build_archive_uses_the_official_top_folder_and_stable_bytes(root: Path, tmp_path: Path) -> None:
+    build_archive(root, tmp_path / "a.zip")
+    build_archive(root, tmp_path / "b.zip")
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        names = archive.namelist()
+        assert all(name.startswith(f"{layout.ARCHIVE_ROOT}/") for name in names)
+        member = f"{layout.ARCHIVE_ROOT}/{layout.image_path(3)}"
+        assert archive.read(member) == (root / layout.image_path(3)).read_bytes()
+    assert {name for name in names if not name.endswith("/")} == {f"{layout.ARCHIVE_ROOT}/{n}" for n in _files(root)}
+
+
+@pytest.mark.parametrize(("num_images", "size"), [(0, SIZE), (1000, SIZE), (2, (20, 115))])
+def test_bad_arguments_are_refused(tmp_path: Path, num_images: int, size: tuple[int, int]) -> None:
+    with pytest.raises(PipelineError, match="synthetic data"):
+        generate(tmp_path, num_images=num_images, size=size)
+    assert not any(tmp_path.iterdir())
