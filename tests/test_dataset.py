@@ -11,8 +11,8 @@ from PIL import Image
 
 from retinaseg import layout
 from retinaseg.dataset import DiaretDB1, find_dataset_root
-from retinaseg.errors import PipelineError
 from retinaseg.synthetic import generate
+from helpers import one_line_error
 
 NUM = 8
 SIZE = (150, 115)
@@ -29,16 +29,6 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def root(generated: Path, tmp_path: Path) -> Path:
     """A private copy that a test may damage."""
     return Path(shutil.copytree(generated, tmp_path / "dataset"))
-
-
-def _single_line_error(call, *fragments: str) -> str:
-    with pytest.raises(PipelineError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
-    return message
 
 
 def test_reads_a_generated_folder(generated: Path) -> None:
@@ -67,19 +57,19 @@ def test_finds_the_root_inside_the_folder_the_zip_unpacks_to(root: Path, tmp_pat
 
 def test_a_folder_without_the_layout_is_refused(tmp_path: Path) -> None:
     (tmp_path / "other" / "resources").mkdir(parents=True)
-    _single_line_error(lambda: find_dataset_root(tmp_path), str(tmp_path), str(layout.IMAGES_DIR))
-    _single_line_error(lambda: DiaretDB1(tmp_path / "absent"), str(tmp_path / "absent"), "not an existing folder")
+    one_line_error(lambda: find_dataset_root(tmp_path), str(tmp_path), str(layout.IMAGES_DIR))
+    one_line_error(lambda: DiaretDB1(tmp_path / "absent"), str(tmp_path / "absent"), "not an existing folder")
 
 
 def test_two_copies_side_by_side_are_ambiguous(root: Path, tmp_path: Path) -> None:
     shutil.copytree(root, tmp_path / "copy")
-    _single_line_error(lambda: find_dataset_root(tmp_path), str(tmp_path), "copy", "dataset")
+    one_line_error(lambda: find_dataset_root(tmp_path), str(tmp_path), "copy", "dataset")
 
 
 def test_an_empty_image_folder_is_refused(root: Path) -> None:
     for path in (root / layout.IMAGES_DIR).iterdir():
         path.unlink()
-    _single_line_error(DiaretDB1(root).image_ids, str(root / layout.IMAGES_DIR), "imageNNN.png")
+    one_line_error(DiaretDB1(root).image_ids, str(root / layout.IMAGES_DIR), "imageNNN.png")
 
 
 def test_split_lists_are_parsed_by_image_name_in_any_line_format(root: Path) -> None:
@@ -91,31 +81,31 @@ def test_split_lists_are_parsed_by_image_name_in_any_line_format(root: Path) -> 
 
 def test_split_list_naming_a_missing_image_is_refused(root: Path) -> None:
     (root / layout.TEST_LIST).write_text("image004.png\nimage042.png\n")
-    _single_line_error(DiaretDB1(root).official_split, str(root / layout.TEST_LIST), "image042.png")
+    one_line_error(DiaretDB1(root).official_split, str(root / layout.TEST_LIST), "image042.png")
 
 
 def test_missing_split_list_is_refused(root: Path) -> None:
     (root / layout.TRAIN_LIST).unlink()
-    _single_line_error(DiaretDB1(root).official_split, str(root / layout.TRAIN_LIST), "missing")
+    one_line_error(DiaretDB1(root).official_split, str(root / layout.TRAIN_LIST), "missing")
 
 
 def test_missing_groundtruth_map_names_the_expected_path(root: Path) -> None:
     path = root / layout.groundtruth_path("hemorrhages", 3)
     path.unlink()
-    _single_line_error(lambda: DiaretDB1(root).read_groundtruth("hemorrhages", 3), str(path), "missing")
+    one_line_error(lambda: DiaretDB1(root).read_groundtruth("hemorrhages", 3), str(path), "missing")
 
 
 def test_truncated_png_is_refused(root: Path) -> None:
     path = root / layout.image_path(2)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    _single_line_error(lambda: DiaretDB1(root).read_image(2), str(path), "truncated")
+    one_line_error(lambda: DiaretDB1(root).read_image(2), str(path), "truncated")
 
 
 def test_a_file_that_is_no_image_is_refused(root: Path) -> None:
     path = root / layout.groundtruth_path("softexudates", 5)
     path.write_text("<html>not found</html>")
-    _single_line_error(lambda: DiaretDB1(root).read_groundtruth("softexudates", 5), str(path), "unreadable")
+    one_line_error(lambda: DiaretDB1(root).read_groundtruth("softexudates", 5), str(path), "unreadable")
 
 
 @pytest.mark.parametrize(
@@ -132,7 +122,7 @@ def test_wrong_mode_is_refused(root: Path, relative: Path, mode: str, read) -> N
     path = root / relative
     with Image.open(path) as image:
         image.convert(mode).save(path)
-    _single_line_error(lambda: read(DiaretDB1(root)), str(path), repr(mode))
+    one_line_error(lambda: read(DiaretDB1(root)), str(path), repr(mode))
 
 
 def test_a_one_bit_mask_is_accepted_because_it_converts_exactly(root: Path) -> None:
@@ -154,8 +144,8 @@ def test_size_different_from_the_mask_is_refused(root: Path, relative: Path, rea
     path = root / relative
     with Image.open(path) as image:
         image.resize((SIZE[0] + 10, SIZE[1])).save(path)
-    _single_line_error(lambda: read(DiaretDB1(root)), str(path), f"{SIZE[0] + 10}x{SIZE[1]}", f"{SIZE[0]}x{SIZE[1]}")
+    one_line_error(lambda: read(DiaretDB1(root)), str(path), f"{SIZE[0] + 10}x{SIZE[1]}", f"{SIZE[0]}x{SIZE[1]}")
 
 
 def test_unknown_lesion_type_is_refused(generated: Path) -> None:
-    _single_line_error(lambda: DiaretDB1(generated).read_groundtruth("drusen", 1), "'drusen'", "hemorrhages")
+    one_line_error(lambda: DiaretDB1(generated).read_groundtruth("drusen", 1), "'drusen'", "hemorrhages")

@@ -21,8 +21,8 @@ from retinaseg import download as fetch
 from retinaseg import layout
 from retinaseg.dataset import DiaretDB1
 from retinaseg.download import download, extract_zip, fetch_dataset, sha256sum
-from retinaseg.errors import PipelineError
 from retinaseg.synthetic import build_archive, generate
+from helpers import one_line_error
 
 NUM = 4
 SIZE = (150, 115)
@@ -107,16 +107,6 @@ def _files(root: Path) -> dict[str, bytes]:
     return {path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()}
 
 
-def _error(call, *fragments: str) -> str:
-    with pytest.raises(PipelineError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for fragment in fragments:
-        assert fragment in message
-    return message
-
-
 # --- download ------------------------------------------------------------------------------
 
 
@@ -153,7 +143,7 @@ def test_verification_failure_leaves_no_file(
 ) -> None:
     server.files["/a.zip"] = archive.read_bytes()
     url, dest = f"{server.url}/a.zip", tmp_path / "a.zip"
-    _error(lambda: download(url, dest, sha256=sha256, size=size, progress=False), url, problem, fetch.PAGE_URL)
+    one_line_error(lambda: download(url, dest, sha256=sha256, size=size, progress=False), url, problem, fetch.PAGE_URL)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -199,7 +189,7 @@ def test_part_longer_than_the_file_is_discarded(server: Server, tmp_path: Path, 
 
 def test_missing_file_on_the_server_fails_at_once(server: Server, tmp_path: Path, sleeps: list[float]) -> None:
     url = f"{server.url}/nothing.zip"
-    _error(lambda: download(url, tmp_path / "a.zip", progress=False), url, "404", fetch.PAGE_URL, "data.source")
+    one_line_error(lambda: download(url, tmp_path / "a.zip", progress=False), url, "404", fetch.PAGE_URL, "data.source")
     assert server.requests == [None] and sleeps == []
     assert list(tmp_path.iterdir()) == []
 
@@ -209,7 +199,7 @@ def test_refused_connection_is_retried_then_reported(tmp_path: Path, sleeps: lis
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/a.zip"
-    _error(lambda: download(url, tmp_path / "a.zip", progress=False), url, "refused", "data.source")
+    one_line_error(lambda: download(url, tmp_path / "a.zip", progress=False), url, "refused", "data.source")
     assert sleeps == [1, 2]
     assert not (tmp_path / "a.zip").exists()
 
@@ -242,14 +232,14 @@ def test_corrupt_member_is_detected(archive: Path, tmp_path: Path) -> None:
     start, length = _member_data_offset(archive, f"{layout.ARCHIVE_ROOT}/{layout.image_path(2)}")
     data[start + length // 2] ^= 0xFF
     broken.write_bytes(bytes(data))
-    _error(lambda: extract_zip(broken, tmp_path / "out"), str(broken), "corrupt")
+    one_line_error(lambda: extract_zip(broken, tmp_path / "out"), str(broken), "corrupt")
     assert not (tmp_path / "out").exists()
 
 
 def test_truncated_zip_is_detected(archive: Path, tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    _error(lambda: extract_zip(truncated, tmp_path / "out"), str(truncated), "truncated", fetch.PAGE_URL)
+    one_line_error(lambda: extract_zip(truncated, tmp_path / "out"), str(truncated), "truncated", fetch.PAGE_URL)
     assert not (tmp_path / "out").exists()
 
 
@@ -265,12 +255,12 @@ def test_unsafe_members_are_refused(tmp_path: Path, name: str, mode: int, proble
         info = zipfile.ZipInfo(name)
         info.external_attr = mode << 16
         archive.writestr(info, "../../outside")
-    _error(lambda: extract_zip(path, tmp_path / "inside" / "out"), str(path), repr(name), problem)
+    one_line_error(lambda: extract_zip(path, tmp_path / "inside" / "out"), str(path), repr(name), problem)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.zip", "inside"]
 
 
 def test_missing_zip_is_reported(tmp_path: Path) -> None:
-    _error(lambda: extract_zip(tmp_path / "none.zip", tmp_path / "out"), str(tmp_path / "none.zip"), "missing")
+    one_line_error(lambda: extract_zip(tmp_path / "none.zip", tmp_path / "out"), str(tmp_path / "none.zip"), "missing")
 
 
 # --- fetch_dataset -------------------------------------------------------------------------
@@ -344,7 +334,7 @@ def test_fetch_from_a_bad_zip_keeps_the_previous_output(generated: Path, tmp_pat
     shutil.copytree(generated, damaged)
     (damaged / layout.TEST_LIST).unlink()
     build_archive(damaged, tmp_path / "damaged.zip")
-    message = _error(lambda: _fetch(str(tmp_path / "damaged.zip"), out, tmp_path / "cache"), "testset.txt")
+    message = one_line_error(lambda: _fetch(str(tmp_path / "damaged.zip"), out, tmp_path / "cache"), "testset.txt")
     assert str(tmp_path / "damaged.zip" / layout.ARCHIVE_ROOT / layout.TEST_LIST) in message
     assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "damaged.zip", "raw"]
@@ -354,13 +344,13 @@ def test_fetch_from_a_zip_without_the_dataset_names_the_zip(tmp_path: Path) -> N
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("photos/cat.png", b"not a fundus")
-    message = _error(lambda: _fetch(str(path), tmp_path / "raw", tmp_path / "cache"), str(path), str(layout.IMAGES_DIR))
+    message = one_line_error(lambda: _fetch(str(path), tmp_path / "raw", tmp_path / "cache"), str(path), str(layout.IMAGES_DIR))
     assert ".unpack-" not in message
     assert not (tmp_path / "raw").exists()
 
 
 def test_unknown_source_is_refused(tmp_path: Path) -> None:
-    _error(
+    one_line_error(
         lambda: _fetch("diaretdb2", tmp_path / "raw", tmp_path / "cache"),
         "data.source", "'diaretdb2'", "'synthetic'", "'diaretdb1'", "zip",
     )

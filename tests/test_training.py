@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from retinaseg import training
+from retinaseg.errors import PipelineError
+from retinaseg.preprocess import augment_training_set, prepare_dataset
+from retinaseg.synthetic import generate
+
+AUGMENT = {"copies": 1, "seed": 0, "rotation_deg": 10, "shift": 0.05, "zoom": [0.9, 1.0], "shear_deg": 0,
+           "horizontal_flip": True, "vertical_flip": False, "brightness": 0.0, "contrast": 0.0}
+MODEL = {"depth": 2, "base_filters": 4, "dropout": 0.0, "batch_norm": True}
+TRAIN = {"loss": "dice", "lr": 0.001, "epochs": 1, "batch_size": 2, "seed": 0, "val_fraction": 0.25,
+         "precision": "float32", "jit_compile": False, "threads": 0}
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    generate(root / "raw", num_images=6, size=(80, 62), seed=1)
+    prepare_dataset(root / "raw", root / "prepared", tasks={"binary": {"hemorrhages": ["hemorrhages"]}},
+                    threshold=0.1, image_size=16, crop_to_fundus=True, train_ids=[1, 2, 3, 4], workers=1)
+    augment_training_set(root / "prepared", root / "augmented", AUGMENT)
+    return root
+
+
+def test_validation_ids_are_a_seeded_subset_of_training_ids():
+    ids = np.arange(1, 28)
+    held_out = training.validation_ids(ids, 0.15, seed=42)
+    assert len(held_out) == 4 and set(held_out) <= set(ids)
+    assert held_out.tolist() == training.validation_ids(ids, 0.15, seed=42).tolist()
+    assert training.validation_ids(ids, 0.0, seed=42).size == 0
+
+
+def test_nan_loss_stops_with_a_clear_message_and_no_outputs(arrays, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    make_dataset = training.make_dataset
+
+    def poisoned(images, masks, batch_size, shuffle_seed):
+        return make_dataset(images, masks, batch_size, shuffle_seed).map(lambda x, y: (x * np.nan, y))
+
+    monkeypatch.setattr(training, "make_dataset", poisoned)
+    with pytest.raises(PipelineError, match=r"train binary: the loss became NaN at epoch 1; lower train.lr"):
+        training.train_task("binary", prepared_dir=arrays / "prepared", augmented_dir=arrays / "augmented",
+                            model_dir=tmp_path / "models" / "binary", curve_path=tmp_path / "curve.tsv",
+                            model_params=MODEL, train_params=TRAIN, logged_params={})
+    assert list((tmp_path / "models").iterdir()) == [], "no model folder, not even a partial one"
+    assert not list(tmp_path.glob("*.tsv")), "no training curve, not even a partial one"
