@@ -36,7 +36,7 @@ def test_nan_loss_stops_with_a_clear_message_and_no_outputs(arrays, tmp_path, mo
     make_dataset = training.make_dataset
 
     def poisoned(images, masks, batch_size, shuffle_seed):
-        return make_dataset(images, masks, batch_size, shuffle_seed).map(lambda x, y: (x * np.nan, y))
+        return make_dataset(images, masks, batch_size, shuffle_seed).map(lambda x, y: (x, y * np.nan))
 
     monkeypatch.setattr(training, "make_dataset", poisoned)
     with pytest.raises(PipelineError, match=r"train binary: the loss became NaN at epoch 1; lower train.lr"):
