@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from retinaseg import augment, masks
 from retinaseg.atomic import atomic_path, write_json
@@ -88,13 +89,12 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Tasks, threshold: float
     with atomic_path(out_dir, is_dir=True) as tmp, ProcessPoolExecutor(workers) as pool:
         for name, ids in split.items():
             arrays = _open_set(tmp / name, len(ids), image_size, tasks)
-            for row, (image, lesions) in enumerate(pool.map(load, ids)):
+            samples = tqdm(pool.map(load, ids), total=len(ids), desc=f"prepare {name}", unit="image")
+            for row, (image, lesions) in enumerate(samples):
                 arrays["images"][row] = image
                 named = dict(zip(LESION_TYPES, np.moveaxis(lesions, -1, 0)))
                 for task, classes in tasks.items():
                     arrays[task][row] = masks.class_planes(named, classes)
-                print(f"prepare {name}: {row + 1}/{len(ids)} images", end="\r", flush=True)
-            print()
             np.save(tmp / name / "ids.npy", np.asarray(ids, dtype=np.int32))
             for task, classes in tasks.items():
                 counts = arrays[task].sum(axis=(0, 1, 2), dtype=np.int64)

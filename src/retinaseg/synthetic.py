@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
 
 from retinaseg import layout
 from retinaseg.atomic import atomic_path
@@ -119,7 +120,7 @@ def generate(
     root = Path(root)
     canvas = _Canvas.create(width, height)
     _save(Image.fromarray(np.where(canvas.fov, 255, 0).astype(np.uint8)), root / layout.FUNDUS_MASK)
-    for image_id in range(1, num_images + 1):
+    for image_id in tqdm(range(1, num_images + 1), desc="synthetic images", unit="image"):
         image, maps = _sample(canvas, np.random.default_rng([seed, image_id]))
         _save(Image.fromarray(image), root / layout.image_path(image_id))
         for lesion, level_map in maps.items():
