@@ -128,3 +128,15 @@ def test_experiment_with_another_loss_is_listed(repo):
     run(["dvc", "exp", "run", "-S", "train.loss=bce", "--name", "bce-loss"], repo)
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
     assert "bce-loss" in shown and "bce" in shown and "dice" in shown
+
+
+@pytest.mark.slow
+def test_temp_experiment_logs_into_the_workspace_store(repo):
+    from mlflow.tracking import MlflowClient
+
+    run(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.003", "--name", "temp-lr"], repo)
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
+    tagged = client.search_runs([experiment.experiment_id], "tags.dvc_exp_name = 'temp-lr'")
+    assert sorted(r.data.tags["task"] for r in tagged) == sorted(TASKS)
+    assert all(r.data.params["train.lr"] == "0.003" and "test_macro_f1" in r.data.metrics for r in tagged)
