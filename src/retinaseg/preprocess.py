@@ -138,9 +138,8 @@ def augment_training_set(prepared_dir: Path, out_dir: Path, params: Mapping[str,
     source = load_set(prepared_dir / "train")
     tasks = [name for name in source if name not in ("images", "ids")]
     planes = np.cumsum([source[task].shape[-1] for task in tasks])[:-1]
-    settings = {key: value for key, value in params.items() if key != "zoom"}
     images, stacked, rows = augment.augment(source["images"], np.concatenate([source[t] for t in tasks], axis=-1),
-                                            zoom=tuple(params["zoom"]), **settings)
+                                            **params)
     with atomic_path(out_dir, is_dir=True) as tmp:
         np.save(tmp / "images.npy", images)
         np.save(tmp / "ids.npy", source["ids"][rows])
