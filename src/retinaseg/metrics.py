@@ -2,6 +2,8 @@
 
 Every aggregate is derived from per-image, per-plane TP/FP/FN/TN counts, and ``summarize``
 returns those counts too, so any other aggregate can be recomputed from the written file.
+Lesion- and image-level counts (``lesion_counts``, ``summarize_lesions``) and a memory-bounded
+pixel precision-recall sweep (``PRAccumulator``) complement them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 SCORE_NAMES = ("precision", "recall", "iou", "f1", "accuracy", "specificity")
 COUNT_NAMES = ("tp", "fp", "fn", "tn")
@@ -140,3 +143,179 @@ def summarize(
         for index, image_id in enumerate(image_ids)
     ]
     return summary
+
+
+_CURVE_SCORES = ("precision", "recall", "f1")
+#: 8-connectivity: diagonal neighbours belong to one lesion, as a grader tracing it would see it.
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def _check_plane(name: str, plane: np.ndarray) -> None:
+    if plane.ndim != 2 or plane.dtype != bool:
+        raise ValueError(f"{name} must be a boolean [H,W] plane, got {plane.dtype} {plane.shape}")
+
+
+def _kept_components(prediction: np.ndarray, min_component_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected labels of ``prediction`` and, per label, whether it is big enough to count.
+
+    Label 0 (background) is never kept.
+    """
+    labels, count = ndimage.label(prediction, structure=_EIGHT_CONNECTED)
+    kept = np.bincount(labels.ravel(), minlength=count + 1) >= min_component_px
+    kept[0] = False
+    return labels, kept
+
+
+def image_positive(reference: np.ndarray) -> bool:
+    """Whether one class plane [H,W] of an image holds any lesion pixel."""
+    _check_plane("reference", reference)
+    return bool(reference.any())
+
+
+def image_predicted_positive(prediction: np.ndarray, min_component_px: int) -> bool:
+    """Whether one predicted plane [H,W] holds a component of at least ``min_component_px`` pixels.
+
+    Smaller specks do not make an image positive, as they would not make a screener flag it.
+    """
+    _check_plane("prediction", prediction)
+    return bool(_kept_components(prediction, min_component_px)[1].any())
+
+
+def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_px: int) -> dict:
+    """Lesion- and image-level counts of one class plane [H,W] of one image.
+
+    Lesions and predicted components are 8-connected. Predicted components smaller than
+    ``min_component_px`` pixels are dropped first, for everything below, so specks neither
+    detect a lesion nor count as false positives. Matching rule: a reference lesion is found
+    when it shares at least one pixel with a kept predicted component; a kept component that
+    shares no pixel with any reference lesion is a false-positive component. One component
+    may find several lesions, and several components may find one lesion.
+    """
+    _check_plane("reference", reference)
+    _check_plane("prediction", prediction)
+    if reference.shape != prediction.shape:
+        raise ValueError(f"planes differ in shape: {reference.shape} and {prediction.shape}")
+    reference_labels, reference_lesions = ndimage.label(reference, structure=_EIGHT_CONNECTED)
+    prediction_labels, kept = _kept_components(prediction, min_component_px)
+    kept_mask = kept[prediction_labels]
+    found = np.unique(reference_labels[kept_mask])
+    touching = np.unique(prediction_labels[kept_mask & reference])
+    predicted_components = int(kept.sum())
+    return {
+        "reference_lesions": int(reference_lesions),
+        "found_lesions": int(np.count_nonzero(found)),
+        "predicted_components": predicted_components,
+        "false_positive_components": predicted_components - touching.size,
+        "reference_positive": bool(reference_lesions > 0),
+        "predicted_positive": predicted_components > 0,
+    }
+
+
+def summarize_lesions(per_image: list[dict]) -> dict:
+    """Lesion- and image-level aggregates of one class from its ``lesion_counts`` over images.
+
+    Lesion sensitivity pools lesions over images, so an image with many lesions weighs more.
+    Image-level scores read "positive" as ``reference_positive`` / ``predicted_positive``.
+    Undefined scores are NaN (no reference lesions, no positive or no negative images).
+    """
+    reference = [bool(item["reference_positive"]) for item in per_image]
+    predicted = [bool(item["predicted_positive"]) for item in per_image]
+    image_tp = sum(r and p for r, p in zip(reference, predicted))
+    image_fp = sum(p and not r for r, p in zip(reference, predicted))
+    image_fn = sum(r and not p for r, p in zip(reference, predicted))
+    image_tn = len(per_image) - image_tp - image_fp - image_fn
+    n_reference = sum(int(item["reference_lesions"]) for item in per_image)
+    n_found = sum(int(item["found_lesions"]) for item in per_image)
+    n_fp_components = sum(int(item["false_positive_components"]) for item in per_image)
+    return {
+        "lesion_sensitivity": _ratio(n_found, n_reference),
+        "fp_components_per_image": _ratio(n_fp_components, len(per_image)),
+        "n_reference_lesions": n_reference,
+        "n_found_lesions": n_found,
+        "n_fp_components": n_fp_components,
+        "n_images": len(per_image),
+        "image_sensitivity": _ratio(image_tp, image_tp + image_fn),
+        "image_specificity": _ratio(image_tn, image_tn + image_fp),
+        "image_tp": image_tp,
+        "image_fp": image_fp,
+        "image_fn": image_fn,
+        "image_tn": image_tn,
+    }
+
+
+class PRAccumulator:
+    """Pixel-level precision-recall over a fixed threshold grid, in O(num_thresholds) memory.
+
+    Thresholds are t_k = k / (num_thresholds - 1); a pixel is predicted positive at t_k when
+    p >= t_k, compared in the probabilities' own dtype as ``predictions_to_masks`` does. So
+    each pixel is counted in the bin of the largest threshold it reaches, and the counts at
+    t_k are those of bins k and above: a probability exactly on t_k is positive at t_k.
+    """
+
+    def __init__(self, num_thresholds: int = 101) -> None:
+        if num_thresholds < 2:
+            raise ValueError(f"num_thresholds must be at least 2, got {num_thresholds}")
+        # k / (n - 1), one correctly rounded division each; linspace (k * step) misses some.
+        self.thresholds = np.arange(num_thresholds) / (num_thresholds - 1)
+        self.positives = np.zeros(num_thresholds, dtype=np.int64)
+        self.negatives = np.zeros(num_thresholds, dtype=np.int64)
+
+    def update(self, probabilities: np.ndarray, reference: np.ndarray) -> None:
+        """Add the pixels of one batch: probabilities in [0, 1] and a boolean reference, one shape."""
+        if probabilities.shape != reference.shape:
+            raise ValueError(f"shapes differ: {probabilities.shape} and {reference.shape}")
+        if reference.dtype != bool or not np.issubdtype(probabilities.dtype, np.floating):
+            raise TypeError("expected floating probabilities and a boolean reference")
+        if not np.all((probabilities >= 0) & (probabilities <= 1)):
+            raise ValueError("probabilities must lie in [0, 1] (and not be NaN)")
+        grid = self.thresholds.astype(probabilities.dtype)
+        bins = np.searchsorted(grid, probabilities.ravel(), side="right") - 1
+        reference = reference.ravel()
+        size = self.thresholds.size
+        self.positives += np.bincount(bins[reference], minlength=size)
+        self.negatives += np.bincount(bins[~reference], minlength=size)
+
+    def _at_thresholds(self) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """TP and FP at every threshold (pixels in that bin or above), and the pixel totals."""
+        tp = np.cumsum(self.positives[::-1])[::-1]
+        fp = np.cumsum(self.negatives[::-1])[::-1]
+        return tp, fp, int(self.positives.sum()), int(self.negatives.sum())
+
+    def curve(self) -> list[dict[str, float]]:
+        """One row per threshold, lowest first: threshold, precision, recall, f1.
+
+        Precision is NaN where nothing is predicted, recall and F1 where nothing is positive.
+        """
+        tp, fp, positives, negatives = self._at_thresholds()
+        rows = []
+        for threshold, hits, false_alarms in zip(self.thresholds, tp, fp):
+            fn = positives - int(hits)
+            tn = negatives - int(false_alarms)
+            row = scores(hits, false_alarms, fn, tn)
+            rows.append({"threshold": float(threshold), **{name: row[name] for name in _CURVE_SCORES}})
+        return rows
+
+    def auc_pr(self) -> float:
+        """Average precision: sum over thresholds of (R_k - R_{k+1}) * P_k, with R beyond 1 = 0.
+
+        The step-wise sum of sklearn's ``average_precision_score``, not a trapezoid, which
+        would overrate a curve interpolated between sparse points. NaN without positives.
+        """
+        tp, fp, positives, _ = self._at_thresholds()
+        if positives == 0:
+            return math.nan
+        recall_gain = (tp - np.append(tp[1:], 0)) / positives
+        gained = recall_gain > 0  # tp > 0 there, so precision is defined
+        precision = tp[gained] / (tp[gained] + fp[gained])
+        return float(np.sum(recall_gain[gained] * precision))
+
+    def best_f1(self) -> dict[str, float]:
+        """Threshold, F1, precision and recall where F1 peaks (the lowest such threshold on ties).
+
+        All NaN without positives, where recall and so the trade-off are undefined.
+        """
+        keys = ("threshold", "f1", "precision", "recall")
+        if not self.positives.any():
+            return {name: math.nan for name in keys}
+        best = max(self.curve(), key=lambda row: row["f1"])
+        return {name: best[name] for name in keys}
