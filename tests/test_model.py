@@ -38,3 +38,29 @@ def test_output_stays_float32_under_mixed_precision():
         assert model.get_layer("down0_conv1").compute_dtype == "bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_transfer_copies_matching_layers_and_keeps_a_new_head():
+    from retinaseg.model import transfer_weights
+
+    binary = build_unet(32, 1, depth=2, base_filters=4)
+    multiclass = build_unet(32, 3, depth=2, base_filters=4)
+    before_head = multiclass.get_layer("probabilities").get_weights()[0].copy()
+    copied, kept = transfer_weights(binary, multiclass)
+    assert kept == ["probabilities"]
+    assert "down0_conv1" in copied and "up0_conv2" in copied and "bottleneck_bn1" in copied
+    for name in copied:
+        for new, old in zip(multiclass.get_layer(name).get_weights(), binary.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(new, old)
+    head = multiclass.get_layer("probabilities").get_weights()[0]
+    assert head.shape == (1, 1, 4, 3)
+    np.testing.assert_array_equal(head, before_head)
+
+
+def test_transfer_skips_layers_whose_shapes_differ():
+    from retinaseg.model import transfer_weights
+
+    narrow = build_unet(32, 3, depth=2, base_filters=4)
+    wide = build_unet(32, 3, depth=2, base_filters=8)
+    copied, kept = transfer_weights(narrow, wide)
+    assert copied == [] and "down0_conv1" in kept

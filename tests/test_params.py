@@ -27,6 +27,8 @@ def test_project_params_are_valid(defaults):
     ("prepare", "train_ids", "0-27", "prepare.train_ids = '0-27'"),
     ("augment", "zoom", [1.0, 0.7], "augment.zoom"),
     ("model", "batch_norm", "yes", "model.batch_norm = 'yes' is not allowed; expected true | false"),
+    ("transfer", "freeze_encoder_epochs", -1, "transfer.freeze_encoder_epochs = -1"),
+    ("transfer", "init_from", "imagenet", "transfer.init_from = 'imagenet' is not a task; expected one of binary"),
 ])
 def test_bad_value_names_key_and_allowed_values(defaults, block, key, value, expected):
     bad = copy.deepcopy(defaults)
@@ -69,6 +71,7 @@ def test_categorical_loss_needs_several_classes(defaults):
     with pytest.raises(PipelineError, match=r"train.loss = 'cce' needs several classes but task 'binary'"):
         params.validate(bad)
     del bad["tasks"]["binary"]
+    bad["transfer"]["init_from"] = "multiclass"
     params.validate(bad)
 
 

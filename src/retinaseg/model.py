@@ -55,3 +55,29 @@ def build_unet(image_size: int, num_classes: int, depth: int = 4, base_filters: 
     outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32",
                             name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}")
+
+
+def is_encoder_layer(layer) -> bool:
+    """Contracting-path layers (``down*``): the part a transferred model may keep frozen."""
+    return layer.name.startswith("down")
+
+
+def transfer_weights(source: keras.Model, target: keras.Model) -> tuple[list[str], list[str]]:
+    """Copy into ``target`` the weights of every same-named layer whose weight shapes match.
+
+    Returns (copied, kept) layer names; ``kept`` are the target's weighted layers left as
+    initialised, such as an output head with another number of classes.
+    """
+    sources = {layer.name: layer for layer in source.layers}
+    copied, kept = [], []
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        match = sources.get(layer.name)
+        weights = match.get_weights() if match is not None else []
+        if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(weights)
+            copied.append(layer.name)
+        else:
+            kept.append(layer.name)
+    return copied, kept

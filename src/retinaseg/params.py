@@ -94,9 +94,15 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "jit_compile": BOOLEAN,
         "threads": _number(0, 256, integer=True),
     },
+    "transfer": {
+        "init_from": Rule(lambda v: isinstance(v, str) and bool(v), "the name of a task in 'tasks'"),
+        "freeze_encoder_epochs": _number(0, 10000, integer=True),
+    },
     "evaluate": {
         "threshold": _number(0.0, 1.0),
         "n_overlays": _number(0, 100, integer=True),
+        "min_component_px": _number(1, 100000, integer=True),
+        "pr_thresholds": _number(2, 10001, integer=True),
     },
 }
 
@@ -164,6 +170,10 @@ def _validate_combinations(params: dict[str, Any], source: Path) -> None:
     if size % 2**depth:
         raise PipelineError(f"{source}: prepare.image_size = {size} is not divisible by 2^model.depth = "
                             f"{2**depth}; choose a multiple of {2**depth} or a smaller model.depth")
+    init_from = params["transfer"]["init_from"]
+    if init_from not in params["tasks"]:
+        raise PipelineError(f"{source}: transfer.init_from = {init_from!r} is not a task; "
+                            f"expected one of {', '.join(params['tasks'])}")
     loss = params["train"]["loss"]
     single_class = [task for task, classes in params["tasks"].items() if len(classes) == 1]
     if loss in MULTICLASS_LOSSES and single_class:

@@ -81,7 +81,7 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Tasks, threshold: float
     box = fundus_box(fov) if crop_to_fundus else (0, 0, fov.shape[1], fov.shape[0])
     load = partial(load_sample, root=root, box=box, size=image_size, threshold=threshold)
     manifest: dict[str, Any] = {
-        "source_size": [int(fov.shape[1]), int(fov.shape[0])], "crop_box": list(box),
+        "source_size": [int(fov.shape[1]), int(fov.shape[0])], "crop_to_fundus": crop_to_fundus, "crop_box": list(box),
         "image_size": image_size, "threshold": threshold, "split": split,
         "tasks": {task: {"classes": masks.class_names(classes), "pixels": {}} for task, classes in tasks.items()},
     }
