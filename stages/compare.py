@@ -1,16 +1,23 @@
-"""Stage compare: metrics/comparison.md, every task side by side."""
+"""Stage compare: metrics/comparison.md and .png, every variant side by side, also in MLflow."""
 
 from pathlib import Path
 
-from retinaseg import stage
-from retinaseg.atomic import write_text
-from retinaseg.comparison import comparison_rows, markdown
+from retinaseg import stage, tracking
+from retinaseg.atomic import atomic_path, write_text
+from retinaseg.comparison import comparison_rows, figure, markdown, read_curve
+
+METRICS, MODELS = Path("metrics"), Path("models")
 
 
 def main(argv: list[str]) -> None:
-    rows = comparison_rows(Path("metrics"), Path("models"), tasks=argv)
-    write_text(Path("metrics/comparison.md"), markdown(rows))
-    print(markdown(rows))
+    rows = comparison_rows(METRICS, MODELS, variants=argv)
+    table = markdown(rows)
+    write_text(METRICS / "comparison.md", table)
+    with atomic_path(METRICS / "comparison.png") as tmp:
+        figure(rows, {variant: read_curve(METRICS / variant / "train_curve.tsv") for variant in argv}, tmp)
+    tracking.log_to_runs({row["run_id"] for row in rows}, [METRICS / "comparison.md", METRICS / "comparison.png"],
+                         artifact_path="comparison")
+    print(table)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ TINY = {
     "augment": {"copies": 1},
     "model": {"depth": 2, "base_filters": 4},
     "train": {"epochs": 2, "batch_size": 4, "val_fraction": 0.2},
-    "evaluate": {"n_overlays": 1},
+    "transfer": {"freeze_encoder_epochs": 1},
+    "evaluate": {"n_overlays": 1, "pr_thresholds": 11},
 }
-TASKS = ("binary", "multiclass")
+VARIANTS = ("binary", "multiclass", "multiclass_transfer")
 
 
 def run(args, cwd, check=True):
@@ -65,15 +66,43 @@ def test_repro_writes_every_declared_output(repo):
     assert {"data/raw", "data/prepared", "data/augmented", "models/binary", "metrics/comparison.md"} <= set(outs)
     for path in outs:
         assert (repo / path).exists(), path
-    for task in TASKS:
-        assert (repo / "models" / task / "model.keras").stat().st_size > 0
-        curve = (repo / "metrics" / task / "train_curve.tsv").read_text().splitlines()
+    for variant in VARIANTS:
+        assert (repo / "models" / variant / "model.keras").stat().st_size > 0
+        curve = (repo / "metrics" / variant / "train_curve.tsv").read_text().splitlines()
         assert curve[0].split("\t")[:3] == ["epoch", "dice", "loss"] and len(curve) == 3
-        evaluation = json.loads((repo / "metrics" / task / "eval.json").read_text())
+        assert [line.split("\t")[0] for line in curve[1:]] == ["0", "1"]
+        evaluation = json.loads((repo / "metrics" / variant / "eval.json").read_text())
         assert evaluation["n_images"] == 3 and len(evaluation["per_image"]) == 3
-        assert len(list((repo / "metrics" / task / "overlays").glob("*.png"))) == 1
-    assert "| binary | hemorrhages |" in (repo / "metrics" / "comparison.md").read_text()
+        for name in evaluation["lesion_classes"]:
+            assert {"lesion_sensitivity", "fp_components_per_image", "image_sensitivity",
+                    "image_specificity"} <= set(evaluation[name]["lesion"])
+            assert "lesions" in evaluation["per_image"][0][name]
+            curve = json.loads((repo / "metrics" / variant / "pr_curves" / f"{name}.json").read_text())
+            assert len(curve) == 11 and {"threshold", "precision", "recall"} <= set(curve[0])
+        assert len(list((repo / "metrics" / variant / "overlays").glob("*.png"))) == 1
+    table = (repo / "metrics" / "comparison.md").read_text()
+    assert "| binary | scratch | hemorrhages |" in table and "| multiclass_transfer | binary | red |" in table
+    assert (repo / "metrics" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(repo.rglob(".*.partial-*"))
+
+
+@pytest.mark.slow
+def test_transfer_starts_from_the_binary_model_and_depends_on_it(repo):
+    binary = json.loads((repo / "models" / "binary" / "run.json").read_text())
+    transfer = json.loads((repo / "models" / "multiclass_transfer" / "run.json").read_text())
+    assert transfer["init_from"] == "binary" and transfer["init_from_run_id"] == binary["run_id"]
+    assert transfer["frozen_encoder_epochs"] == 1 and transfer["epochs"] == 2
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert "models/binary" in [dep["path"] for dep in lock["stages"]["transfer"]["deps"]]
+    assert "models/binary" not in [dep["path"] for dep in lock["stages"]["train@multiclass"]["deps"]]
+
+
+@pytest.mark.slow
+def test_plots_show_renders_curves_and_overlays(repo):
+    run(["dvc", "plots", "show", "--out", "plots_html"], repo)
+    page = (repo / "plots_html" / "index.html").read_text()
+    for fragment in ("train_curve.tsv", "pr_curves", "overlays", "comparison.png"):
+        assert fragment in page, fragment
 
 
 @pytest.mark.slow
@@ -85,17 +114,21 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(repo):
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
-    runs = {run.data.tags["task"]: run for run in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == set(TASKS)
-    for task, run in runs.items():
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == set(VARIANTS)
+    assert runs["multiclass_transfer"].data.tags["init_from_run_id"] == runs["binary"].info.run_id
+    for variant, run in runs.items():
         assert run.data.params["model.depth"] == "2" and run.data.params["train.loss"] == "dice"
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
         assert "test_macro_f1" in run.data.metrics
         assert len(run.data.tags["git_commit"]) == 40
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
-        assert "evaluation/eval.json" in artifacts and "evaluation/overlays" in artifacts
+        assert {"evaluation/eval.json", "evaluation/overlays", "evaluation/pr_curves"} <= set(artifacts)
+        assert "test_hemorrhages_lesion_sensitivity" in run.data.metrics or "test_red_auc_pr" in run.data.metrics
+        comparison = [a.path for a in client.list_artifacts(run.info.run_id, "comparison")]
+        assert comparison == ["comparison/comparison.md", "comparison/comparison.png"]
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-        planes = 1 if task == "binary" else 3
+        planes = 1 if variant == "binary" else 3
         assert list(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 3]
         assert model.predict(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, planes)
     assert experiment.artifact_location == (repo / "mlruns").as_uri()
@@ -107,7 +140,8 @@ def test_second_repro_runs_nothing_and_lr_change_reruns_only_training(repo):
     set_params(repo, {"train": {"lr": 0.002}})
     assert "train.lr" in run(["dvc", "params", "diff"], repo).stdout
     assert ran_stages(run(["dvc", "repro"], repo).stdout) == [
-        "compare", "evaluate@binary", "evaluate@multiclass", "train@binary", "train@multiclass"]
+        "compare", "evaluate@binary", "evaluate@multiclass", "evaluate@multiclass_transfer",
+        "train@binary", "train@multiclass", "transfer"]
 
 
 @pytest.mark.slow
@@ -138,5 +172,5 @@ def test_temp_experiment_logs_into_the_workspace_store(repo):
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
     tagged = client.search_runs([experiment.experiment_id], "tags.dvc_exp_name = 'temp-lr'")
-    assert sorted(r.data.tags["task"] for r in tagged) == sorted(TASKS)
+    assert sorted(r.info.run_name for r in tagged) == sorted(VARIANTS)
     assert all(r.data.params["train.lr"] == "0.003" and "test_macro_f1" in r.data.metrics for r in tagged)

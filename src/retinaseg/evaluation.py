@@ -49,16 +49,36 @@ def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, cl
     return canvas
 
 
-def evaluate_task(task: str, *, prepared_dir: Path, model_dir: Path, eval_path: Path, overlay_dir: Path,
+#: How eval.json's lesion and image-level figures are counted, written into the file itself.
+LESION_RULES = {
+    "lesion": "a reference lesion is an 8-connected component of a class's reference plane; it is found "
+              "when at least one of its pixels is predicted, after predicted components smaller than "
+              "min_component_px are dropped",
+    "false_positive_component": "an 8-connected predicted component of at least min_component_px pixels "
+                                "that touches no reference pixel of the class",
+    "image": "an image is positive for a class when its reference has any lesion pixel, and predicted "
+             "positive when the prediction has a component of at least min_component_px pixels",
+    "empty": "scores with a zero denominator (e.g. Dice with empty reference and prediction) are null and "
+             "left out of means; n_images_scored says how many images each mean covers",
+}
+
+
+def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir: Path,
                   params: dict[str, Any]) -> dict[str, Any]:
-    """Write ``eval_path`` (summary + per-image counts) and overlays; log both to the train run."""
+    """Score a trained variant on the test split; log everything to its training run.
+
+    Writes into ``out_dir``: ``eval.json`` (summary, lesion and image-level figures,
+    per-image counts), ``pr_curves/<class>.json`` (precision-recall over probability
+    thresholds) and ``overlays/``.
+    """
     import keras
     import mlflow
 
     model_file = model_dir / "model.keras"
     if not model_file.exists():
-        raise PipelineError(f"{model_file}: missing; run `dvc repro train@{task}` first")
+        raise PipelineError(f"{model_file}: missing; run `dvc repro` to train it first")
     run = json.loads((model_dir / "run.json").read_text())
+    task = run["task"]
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     class_names = manifest["tasks"][task]["classes"]
     lesion_planes = list(range(len(class_names))) if len(class_names) == 1 else list(range(1, len(class_names)))
@@ -71,23 +91,41 @@ def evaluate_task(task: str, *, prepared_dir: Path, model_dir: Path, eval_path: 
     reference = test[task].astype(bool)
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(reference, predicted)])
     ids = test["ids"].tolist()
-    summary = {"task": task, "threshold": params["threshold"], "n_images": len(ids),
-               "lesion_classes": [class_names[plane] for plane in lesion_planes],
+    summary = {"variant": variant, "task": task, "threshold": params["threshold"],
+               "min_component_px": params["min_component_px"], "n_images": len(ids),
+               "lesion_classes": [class_names[plane] for plane in lesion_planes], "lesion_rules": LESION_RULES,
                **metrics.summarize(ids, counts, class_names, lesion_planes)}
-    write_json(eval_path, summary)
+    curves = {}
+    for plane in lesion_planes:
+        name = class_names[plane]
+        lesions = [metrics.lesion_counts(ref[..., plane], pred[..., plane], params["min_component_px"])
+                   for ref, pred in zip(reference, predicted)]
+        for entry, counted in zip(summary["per_image"], lesions):
+            entry[name]["lesions"] = counted
+        sweep = metrics.PRAccumulator(params["pr_thresholds"])
+        for probability, ref in zip(probabilities, reference):
+            sweep.update(probability[..., plane], ref[..., plane])
+        curves[name] = sweep.curve()
+        summary[name]["lesion"] = metrics.summarize_lesions(lesions)
+        summary[name]["pr"] = {"auc_pr": sweep.auc_pr(), "best_f1": sweep.best_f1()}
 
-    with atomic_path(overlay_dir, is_dir=True) as tmp:
+    with atomic_path(out_dir / "pr_curves", is_dir=True) as tmp:
+        for name, rows in curves.items():
+            write_json(tmp / f"{name}.json", rows)
+    with atomic_path(out_dir / "overlays", is_dir=True) as tmp:
         for row in range(min(params["n_overlays"], len(ids))):
             picture = overlay(test["images"][row], reference[row], predicted[row], class_names, lesion_planes,
-                              title=f"{task} image{ids[row]:03d}")
+                              title=f"{variant} image{ids[row]:03d}")
             picture.save(tmp / f"image{ids[row]:03d}.png")
+    write_json(out_dir / "eval.json", summary)
 
     tracking.setup()
     with mlflow.start_run(run_id=run["run_id"]):
-        mlflow.set_tags({"evaluate.threshold": params["threshold"], "evaluate.n_overlays": params["n_overlays"]})
+        mlflow.set_tags({f"evaluate.{key}": value for key, value in params.items()})
         mlflow.log_metrics(flat_test_metrics(summary))
-        mlflow.log_artifact(str(eval_path), artifact_path="evaluation")
-        mlflow.log_artifacts(str(overlay_dir), artifact_path="evaluation/overlays")
+        mlflow.log_artifact(str(out_dir / "eval.json"), artifact_path="evaluation")
+        mlflow.log_artifacts(str(out_dir / "pr_curves"), artifact_path="evaluation/pr_curves")
+        mlflow.log_artifacts(str(out_dir / "overlays"), artifact_path="evaluation/overlays")
     return summary
 
 
@@ -100,6 +138,9 @@ def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
                 if isinstance(value, float) and not np.isnan(value):
                     suffix = "" if aggregate == "micro" else "_per_image"
                     flat[f"test_{name}_{score}{suffix}"] = value
+        for score, value in {**summary[name]["lesion"], "auc_pr": summary[name]["pr"]["auc_pr"]}.items():
+            if isinstance(value, float) and not np.isnan(value):
+                flat[f"test_{name}_{score}"] = value
     for score, value in summary["macro"].items():
         if isinstance(value, float) and not np.isnan(value):
             flat[f"test_macro_{score}"] = value

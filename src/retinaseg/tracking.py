@@ -65,6 +65,17 @@ def log_params(params: dict[str, Any]) -> None:
                        for key, value in params.items()})
 
 
+def log_to_runs(run_ids: set[str], files: list[Path], artifact_path: str) -> None:
+    """Attach the same files to several finished runs, so each run's page shows them."""
+    from mlflow import MlflowClient
+
+    setup()
+    client = MlflowClient()
+    for run_id in sorted(run_ids):
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
 def _git(*args: str) -> str:
     try:
         result = subprocess.run(["git", *args], capture_output=True, text=True, check=False, timeout=10)
