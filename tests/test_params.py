@@ -22,7 +22,7 @@ def test_project_params_are_valid(defaults):
 @pytest.mark.parametrize("block, key, value, expected", [
     ("model", "depth", 9, "model.depth = 9 is not allowed; expected an integer from 2 to 6"),
     ("train", "loss", "foo", "train.loss = 'foo' is not allowed; expected dice | bce | dice_bce"),
-    ("train", "precision", "float16", "train.precision = 'float16'"),
+    ("train", "mixed_precision", "float16", "train.mixed_precision = 'float16'"),
     ("prepare", "threshold", 1.5, "prepare.threshold = 1.5"),
     ("prepare", "train_ids", "0-27", "prepare.train_ids = '0-27'"),
     ("augment", "zoom", [1.0, 0.7], "augment.zoom"),

@@ -13,7 +13,7 @@ MODEL = {"depth": 2, "base_filters": 4, "dropout": 0.0, "batch_norm": True}
 TASKS = {"binary": {"hemorrhages": ["hemorrhages"]},
          "multiclass": {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]}}
 TRAIN = {"loss": "dice", "lr": 0.001, "epochs": 1, "batch_size": 2, "seed": 0, "val_fraction": 0.25,
-         "precision": "float32", "jit_compile": False, "threads": 0}
+         "mixed_precision": "float32", "jit_compile": False, "threads": 0}
 
 
 @pytest.fixture(scope="module")

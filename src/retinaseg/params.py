@@ -90,7 +90,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "batch_size": _number(1, 1024, integer=True),
         "seed": _number(0, 2**31 - 1, integer=True),
         "val_fraction": _number(0.0, 0.5),
-        "precision": _choice("auto", "float32", "bfloat16"),
+        "mixed_precision": _choice("auto", "float32", "bfloat16"),
         "jit_compile": BOOLEAN,
         "threads": _number(0, 256, integer=True),
     },

@@ -58,7 +58,7 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
     import keras
     import mlflow
 
-    precision = hardware.configure(train_params["precision"], train_params["threads"])
+    precision = hardware.configure(train_params["mixed_precision"], train_params["threads"])
     keras.utils.set_random_seed(train_params["seed"])
 
     augmented = load_set(augmented_dir, task)
