@@ -86,7 +86,7 @@ def figure(rows: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]]
         values = [row[score] if row[score] is not None else np.nan for row in rows]
         values.append(PUBLISHED_TUTORIAL.get(score, np.nan))
         bars.bar(np.arange(len(labels)) + (index - (len(shown) - 1) / 2) * width, values, width,
-                 label="Dice" if score == "f1" else score.replace("_", " "))
+                 label={"f1": "Dice", "iou": "IoU"}.get(score, score.replace("_", " ")))
     bars.set_xticks(np.arange(len(labels)), labels, fontsize=8)
     bars.set_ylim(0, 1)
     bars.set_title("Test split (pooled pixels; lesion sensitivity per lesion)")

@@ -87,7 +87,7 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
         for layer in model.layers:
             if is_encoder_layer(layer):
                 layer.trainable = train_encoder
-        model.compile(optimizer=keras.optimizers.Adam(train_params["lr"]),
+        model.compile(optimizer=keras.optimizers.Adam(train_params["lr"], name="adam"),
                       loss=losses.build_loss(train_params["loss"], num_classes, weights),
                       metrics=[losses.dice_coefficient], jit_compile=train_params["jit_compile"])
 
