@@ -1,0 +1,88 @@
+"""``python -m benchmarks --tiny`` runs every section and writes a complete report.
+
+Tiny sizes say nothing about speed, so no time target is asserted; only that every
+figure is there and numeric.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ["peak", "train_step", "input_stall", "augmentation", "prepare", "inference", "dvc_noop"]
+
+
+def run_benchmarks(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", "--tiny", "--out", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def numbers(value) -> list[float]:
+    """Every numeric leaf of a JSON value (booleans are not figures)."""
+    if isinstance(value, dict):
+        return [number for item in value.values() for number in numbers(item)]
+    if isinstance(value, list):
+        return [number for item in value for number in numbers(item)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    return run_benchmarks(out), out
+
+
+def test_tiny_run_succeeds_with_progress_and_table(tiny):
+    done, out = tiny
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in SECTIONS:
+        assert f"[{name}] running" in done.stdout and f"[{name}] done in" in done.stdout
+    assert "targets:" in done.stdout and f"wrote {out}" in done.stdout
+
+
+def test_report_has_every_section_with_numeric_figures(tiny):
+    report = json.loads(tiny[1].read_text())
+    assert list(report["sections"]) == SECTIONS
+    for name, result in report["sections"].items():
+        assert "error" not in result, (name, result["error"])
+        assert result["load"]["seconds"] >= 0
+        figures = numbers({key: value for key, value in result.items() if key != "load"})
+        assert all(math.isfinite(figure) for figure in figures), name
+        assert figures or result.get("skipped"), name
+    sections = report["sections"]
+    assert sections["dvc_noop"] == {"skipped": "--tiny", "load": sections["dvc_noop"]["load"]}
+    assert sections["peak"]["float32"]["gflops"]["median"] > 0
+    for net in sections["train_step"]["nets"].values():
+        assert net["forward_flops"]["per_image"] > 0
+        for variant in net["variants"].values():
+            assert variant.get("skipped") or variant["images_per_second"]["median"] > 0
+    assert sections["input_stall"]["ratio"] > 0
+    assert sections["augmentation"]["speedup"] > 0
+    assert sections["prepare"]["peak_rss_mib"]["bound"] > 0
+    assert sections["inference"]["full_resolution"]["images_per_second"]["median"] > 0
+
+
+def test_every_repetition_is_recorded_with_its_spread(tiny):
+    stats = json.loads(tiny[1].read_text())["sections"]["peak"]["float32"]["seconds"]
+    assert stats["reps"] == len(stats["values"]) >= 1
+    assert stats["min"] <= stats["median"] <= stats["max"]
+
+
+def test_targets_sit_beside_their_figures_with_a_verdict(tiny):
+    report = json.loads(tiny[1].read_text())
+    names = [goal["name"] for goal in report["targets"]]
+    assert len(names) == 4 and any("input stall" in name for name in names)
+    for goal in report["targets"]:
+        assert isinstance(goal["pass"], bool) and goal["limit"][:2] in ("<=", ">=")
+    assert isinstance(report["contaminated"], bool)
+
+
+def test_only_runs_the_chosen_sections(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run_benchmarks(out, "--only", "augmentation", "dvc_noop")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list(json.loads(out.read_text())["sections"]) == ["augmentation", "dvc_noop"]
