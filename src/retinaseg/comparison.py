@@ -14,6 +14,19 @@ PUBLISHED_TUTORIAL = {"precision": 0.160, "recall": 0.149, "iou": 0.091, "f1": 0
 SCORES = ("f1", "iou", "precision", "recall")
 LESION_SCORES = ("lesion_sensitivity", "fp_components_per_image", "image_sensitivity", "image_specificity")
 
+#: How the lesion and image-level figures of eval.json are counted; printed under the table.
+LESION_RULES = {
+    "lesion": "a reference lesion is an 8-connected component of a class's reference plane; it is found "
+              "when at least one of its pixels is predicted, after predicted components smaller than "
+              "evaluate.min_component_px are dropped",
+    "false_positive_component": "an 8-connected predicted component of at least evaluate.min_component_px pixels "
+                                "that touches no reference pixel of the class",
+    "image": "an image is positive for a class when its reference has any lesion pixel, and predicted "
+             "positive when the prediction has a component of at least evaluate.min_component_px pixels",
+    "empty": "scores with a zero denominator (e.g. Dice with empty reference and prediction) are null and "
+             "left out of means; n_images_scored says how many images each mean covers",
+}
+
 
 def _cell(value: Any) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
@@ -45,8 +58,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["# Test-split comparison", "",
              "Pooled scores count every test pixel once (micro); per-image scores are the mean over "
              "test images with undefined values counted as 0, the way the tutorial reported them. "
-             "Lesion and image-level columns follow the rules stated in `eval.json` "
-             "(`lesion_rules`).", "",
+             "Lesion and image-level columns follow the rules below the table.", "",
              header, "|" + "---|" * columns]
     for row in rows:
         cells = [row["variant"], row["init_from"], row["class"], *(_cell(row[s]) for s in SCORES),
@@ -59,7 +71,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines += ["", "Binary `hemorrhages` and multi-class `red` (hemorrhages + red small dots) are the "
               "closest shared class; `bright` (hard + soft exudates) exists only in the multi-class task. "
               "`multiclass` starts from scratch and `multiclass_transfer` from the binary model, with the "
-              "same epochs."]
+              "same epochs.", "", "Rules:", "",
+              *(f"- **{name.replace('_', ' ')}**: {rule}." for name, rule in LESION_RULES.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -49,20 +49,6 @@ def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, cl
     return canvas
 
 
-#: How eval.json's lesion and image-level figures are counted, written into the file itself.
-LESION_RULES = {
-    "lesion": "a reference lesion is an 8-connected component of a class's reference plane; it is found "
-              "when at least one of its pixels is predicted, after predicted components smaller than "
-              "min_component_px are dropped",
-    "false_positive_component": "an 8-connected predicted component of at least min_component_px pixels "
-                                "that touches no reference pixel of the class",
-    "image": "an image is positive for a class when its reference has any lesion pixel, and predicted "
-             "positive when the prediction has a component of at least min_component_px pixels",
-    "empty": "scores with a zero denominator (e.g. Dice with empty reference and prediction) are null and "
-             "left out of means; n_images_scored says how many images each mean covers",
-}
-
-
 def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir: Path,
                   params: dict[str, Any]) -> dict[str, Any]:
     """Score a trained variant on the test split; log everything to its training run.
@@ -93,7 +79,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir:
     ids = test["ids"].tolist()
     summary = {"variant": variant, "task": task, "threshold": params["threshold"],
                "min_component_px": params["min_component_px"], "n_images": len(ids),
-               "lesion_classes": [class_names[plane] for plane in lesion_planes], "lesion_rules": LESION_RULES,
+               "lesion_classes": [class_names[plane] for plane in lesion_planes],
                **metrics.summarize(ids, counts, class_names, lesion_planes)}
     curves = {}
     for plane in lesion_planes:
