@@ -15,8 +15,8 @@ def main(argv: list[str]) -> None:
     write_text(METRICS / "comparison.md", table)
     with atomic_path(METRICS / "comparison.png") as tmp:
         figure(rows, {variant: read_curve(METRICS / variant / "train_curve.tsv") for variant in argv}, tmp)
-    tracking.log_to_runs({row["run_id"] for row in rows}, [METRICS / "comparison.md", METRICS / "comparison.png"],
-                         artifact_path="comparison")
+    tracking.log_to_runs({row["run_id"]: MODELS / row["variant"] for row in rows},
+                         [METRICS / "comparison.md", METRICS / "comparison.png"], artifact_path="comparison")
     print(table)
 
 

@@ -7,6 +7,7 @@ from-scratch model of the task, so the two compare at the same epoch budget.
 from pathlib import Path
 
 from retinaseg import params, stage
+from retinaseg.errors import PipelineError
 from retinaseg.training import train_task
 
 #: Blocks recorded with the MLflow run: everything that shaped the model.
@@ -18,8 +19,8 @@ def main(argv: list[str]) -> None:
     everything = params.validate(params.read())
     transfer = everything["transfer"]
     if transfer["init_from"] == task:
-        raise params.PipelineError(f"params.yaml: transfer.init_from = {task!r} is the task being trained; "
-                                   "name another task")
+        raise PipelineError(f"params.yaml: transfer.init_from = {task!r} is the task being trained; "
+                            "name another task")
     variant = f"{task}_transfer"
     logged = params.flatten({block: everything[block] for block in LOGGED_BLOCKS})
     logged.update(params.flatten({"task": {task: everything["tasks"][task]}}))

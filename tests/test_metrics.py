@@ -14,8 +14,6 @@ from retinaseg.metrics import (
     SCORE_NAMES,
     PRAccumulator,
     confusion_counts,
-    image_positive,
-    image_predicted_positive,
     lesion_counts,
     predictions_to_masks,
     scores,
@@ -197,8 +195,6 @@ def test_empty_reference_and_prediction_count_nothing():
         "reference_positive": False,
         "predicted_positive": False,
     }
-    assert image_positive(empty) is False
-    assert image_predicted_positive(empty, 1) is False
 
 
 def test_lesion_hit_by_one_pixel_is_found():
@@ -227,11 +223,10 @@ def test_specks_below_min_size_neither_find_lesions_nor_count_as_false_positives
     assert result["predicted_components"] == 0
     assert result["false_positive_components"] == 0
     assert result["predicted_positive"] is False
-    assert image_predicted_positive(prediction, 2) is False
     # At min size 1 the same specks count: one finds the lesion, the other is a false positive.
     loose = lesion_counts(reference, prediction, min_component_px=1)
     assert (loose["found_lesions"], loose["predicted_components"], loose["false_positive_components"]) == (1, 2, 1)
-    assert image_predicted_positive(prediction, 1) is True
+    assert loose["predicted_positive"] is True
 
 
 def test_one_blob_over_two_lesions_finds_both_without_false_positive():

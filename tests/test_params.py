@@ -94,3 +94,10 @@ def test_train_ids(spec, expected):
 
 def test_flatten():
     assert params.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": 3}) == {"a.b": 1, "a.c.d": [1, 2], "e": 3}
+
+
+def test_encoder_cannot_stay_frozen_for_every_epoch(defaults):
+    bad = copy.deepcopy(defaults)
+    bad["transfer"]["freeze_encoder_epochs"] = bad["train"]["epochs"]
+    with pytest.raises(PipelineError, match=r"transfer.freeze_encoder_epochs = \d+ leaves no epoch"):
+        params.validate(bad)

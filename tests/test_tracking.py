@@ -34,3 +34,12 @@ def test_setup_creates_experiment_with_artifacts_in_project(tmp_path, monkeypatc
     assert experiment.artifact_location == (tmp_path / "mlruns").as_uri()
     assert tracking.setup(tmp_path) == experiment_id
     assert Path(tmp_path / "mlflow.db").exists()
+
+
+def test_a_run_missing_from_the_store_is_named_with_the_fix(tmp_path, monkeypatch):
+    from helpers import one_line_error
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    one_line_error(lambda: tracking.require_run("0123456789abcdef0123456789abcdef", Path("models/binary")),
+                   "models/binary/run.json: MLflow run 0123456789abcdef0123456789abcdef is not in",
+                   "dvc repro --force")

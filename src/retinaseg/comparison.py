@@ -46,7 +46,7 @@ def comparison_rows(metrics_dir: Path, models_dir: Path, variants: list[str]) ->
                          **{s: scores["lesion"][s] for s in LESION_SCORES},
                          "auc_pr": scores["pr"]["auc_pr"], "train_seconds": run["train_seconds"],
                          "epochs": run["epochs"], "parameters": run["parameters"],
-                         "precision_used": run["precision"], "run_id": run["run_id"]})
+                         "mixed_precision": run["mixed_precision"], "run_id": run["run_id"]})
     return rows
 
 
@@ -105,12 +105,13 @@ def figure(rows: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]]
     bars.set_title("Test split (pooled pixels; lesion sensitivity per lesion)")
     bars.legend(fontsize=8, ncols=len(shown), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     for variant, curve in curves.items():
-        key = "val_dice" if "val_dice" in curve else "dice"
-        lines.plot(np.array(curve["epoch"]) + 1, curve[key], marker=".", label=f"{variant} ({key})")
+        if curve:  # validation Dice where a validation split exists, else training Dice
+            key = "val_dice" if "val_dice" in curve else "dice"
+            lines.plot(np.array(curve["epoch"]) + 1, curve[key], marker=".", label=f"{variant} ({key})")
     lines.set_xlabel("epoch")
     lines.set_ylabel("Dice")
     lines.set_ylim(0, 1)
-    lines.set_title("Validation Dice per epoch")
+    lines.set_title("Dice per epoch")
     lines.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

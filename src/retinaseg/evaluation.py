@@ -78,7 +78,8 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir:
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(reference, predicted)])
     ids = test["ids"].tolist()
     summary = {"variant": variant, "task": task, "threshold": params["threshold"],
-               "min_component_px": params["min_component_px"], "n_images": len(ids),
+               "min_component_px": params["min_component_px"], "pr_thresholds": params["pr_thresholds"],
+               "n_images": len(ids),
                "lesion_classes": [class_names[plane] for plane in lesion_planes],
                **metrics.summarize(ids, counts, class_names, lesion_planes)}
     curves = {}
@@ -105,7 +106,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir:
             picture.save(tmp / f"image{ids[row]:03d}.png")
     write_json(out_dir / "eval.json", summary)
 
-    tracking.setup()
+    tracking.require_run(run["run_id"], model_dir)
     with mlflow.start_run(run_id=run["run_id"]):
         mlflow.set_tags({f"evaluate.{key}": value for key, value in params.items()})
         mlflow.log_metrics(flat_test_metrics(summary))

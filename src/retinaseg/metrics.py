@@ -166,21 +166,6 @@ def _kept_components(prediction: np.ndarray, min_component_px: int) -> tuple[np.
     return labels, kept
 
 
-def image_positive(reference: np.ndarray) -> bool:
-    """Whether one class plane [H,W] of an image holds any lesion pixel."""
-    _check_plane("reference", reference)
-    return bool(reference.any())
-
-
-def image_predicted_positive(prediction: np.ndarray, min_component_px: int) -> bool:
-    """Whether one predicted plane [H,W] holds a component of at least ``min_component_px`` pixels.
-
-    Smaller specks do not make an image positive, as they would not make a screener flag it.
-    """
-    _check_plane("prediction", prediction)
-    return bool(_kept_components(prediction, min_component_px)[1].any())
-
-
 def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_px: int) -> dict:
     """Lesion- and image-level counts of one class plane [H,W] of one image.
 

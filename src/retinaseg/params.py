@@ -174,6 +174,10 @@ def _validate_combinations(params: dict[str, Any], source: Path) -> None:
     if init_from not in params["tasks"]:
         raise PipelineError(f"{source}: transfer.init_from = {init_from!r} is not a task; "
                             f"expected one of {', '.join(params['tasks'])}")
+    frozen, epochs = params["transfer"]["freeze_encoder_epochs"], params["train"]["epochs"]
+    if frozen >= epochs:
+        raise PipelineError(f"{source}: transfer.freeze_encoder_epochs = {frozen} leaves no epoch to train the "
+                            f"encoder (train.epochs = {epochs}); choose fewer than {epochs}")
     loss = params["train"]["loss"]
     single_class = [task for task, classes in params["tasks"].items() if len(classes) == 1]
     if loss in MULTICLASS_LOSSES and single_class:

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from retinaseg.errors import PipelineError
+
 EXPERIMENT = "retinal-lesion-segmentation"
 
 
@@ -65,13 +67,31 @@ def log_params(params: dict[str, Any]) -> None:
                        for key, value in params.items()})
 
 
-def log_to_runs(run_ids: set[str], files: list[Path], artifact_path: str) -> None:
-    """Attach the same files to several finished runs, so each run's page shows them."""
+def require_run(run_id: str, model_dir: Path) -> None:
+    """Stop with a clear message when a model's training run is not in this MLflow store.
+
+    That happens when models come from a DVC cache or remote but ``mlflow.db`` does not.
+    """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     setup()
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise PipelineError(f"{model_dir}/run.json: MLflow run {run_id} is not in {tracking_uri()}; "
+                            f"retrain it with `dvc repro --force` on its train stage, or point "
+                            "MLFLOW_TRACKING_URI at the store that holds it") from None
+
+
+def log_to_runs(runs: dict[str, Path], files: list[Path], artifact_path: str) -> None:
+    """Attach the same files to several finished runs (run id -> model folder), so each run's page shows them."""
+    from mlflow import MlflowClient
+
+    for run_id, model_dir in runs.items():
+        require_run(run_id, model_dir)
     client = MlflowClient()
-    for run_id in sorted(run_ids):
+    for run_id in runs:
         for path in files:
             client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 

@@ -92,14 +92,14 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
                       metrics=[losses.dice_coefficient], jit_compile=train_params["jit_compile"])
 
     epochs = train_params["epochs"]
-    frozen_epochs = min(freeze_encoder_epochs, epochs) if source else 0
+    frozen_epochs = freeze_encoder_epochs if source else 0
     tags = tracking.run_tags(task)
     if source:
         tags.update({"init_from_run_id": source["run_id"], "init_from_task": source["task"]})
     experiment_id = tracking.setup()
     with (mlflow.start_run(experiment_id=experiment_id, run_name=variant, tags=tags) as run,
           atomic_path(model_dir, is_dir=True) as out, atomic_path(curve_path) as curve):
-        tracking.log_params({**logged_params, "precision_used": precision, "num_classes": num_classes,
+        tracking.log_params({**logged_params, "mixed_precision_used": precision, "num_classes": num_classes,
                              "parameters": model.count_params(), "val_ids": held_out.tolist(),
                              "class_weights": weights, "variant": variant,
                              "init_from": source["task"] if source else "scratch",
@@ -131,13 +131,16 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
                    "image_size": image_size, "crop_to_fundus": crop_to_fundus,
                    "init_from": source["task"] if source else "scratch",
                    "init_from_run_id": source["run_id"] if source else None,
-                   "frozen_encoder_epochs": frozen_epochs, "precision": precision,
+                   "frozen_encoder_epochs": frozen_epochs, "mixed_precision": precision,
                    "parameters": model.count_params(), "train_seconds": round(seconds, 1),
                    "epochs": len(history["loss"]), "best_epoch": best_epoch + 1,
                    f"best_{monitor}": float(history[monitor][best_epoch])}
         mlflow.log_metrics({"train_seconds": seconds, "best_epoch": best_epoch + 1,
                             f"best_{monitor}": summary[f"best_{monitor}"]})
         best = keras.saving.load_model(checkpoint, compile=False)
+        if frozen_epochs:  # a best epoch from the frozen phase was saved with the encoder frozen
+            best.trainable = True
+            best.save(checkpoint)
         sample = train_x[:1].astype(np.float32) / 255.0
         signature = mlflow.models.infer_signature(sample, best.predict(sample, verbose=0))
         mlflow.tensorflow.log_model(best, name="model", signature=signature)
