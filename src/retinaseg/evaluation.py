@@ -67,12 +67,12 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir:
     task = run["task"]
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     class_names = manifest["tasks"][task]["classes"]
-    lesion_planes = list(range(len(class_names))) if len(class_names) == 1 else list(range(1, len(class_names)))
+    lesion_planes = metrics.lesion_planes(len(class_names))
 
     test = load_set(prepared_dir / "test", task)
     model = keras.saving.load_model(model_file, compile=False)
     probabilities = predict(model, test["images"])
-    predicted = metrics.predictions_to_masks(probabilities, "binary" if len(class_names) == 1 else "multiclass",
+    predicted = metrics.predictions_to_masks(probabilities, metrics.output_kind(len(class_names)),
                                              params["threshold"])
     reference = test[task].astype(bool)
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(reference, predicted)])

@@ -60,6 +60,16 @@ def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     }
 
 
+def lesion_planes(num_planes: int) -> list[int]:
+    """Indices of the lesion planes among a task's planes: the only one, or all after background."""
+    return [0] if num_planes == 1 else list(range(1, num_planes))
+
+
+def output_kind(num_planes: int) -> str:
+    """The ``task`` argument of ``predictions_to_masks`` for a model with ``num_planes`` outputs."""
+    return "binary" if num_planes == 1 else "multiclass"
+
+
 def predictions_to_masks(probabilities: np.ndarray, task: str, threshold: float) -> np.ndarray:
     """Boolean masks of the same shape [..., C] as the model's probabilities.
 

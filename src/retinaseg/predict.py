@@ -49,7 +49,7 @@ class Predictor:
     @property
     def lesion_planes(self) -> list[int]:
         """Planes that hold lesions: the only one, or all but the leading background."""
-        return [0] if len(self.classes) == 1 else list(range(1, len(self.classes)))
+        return metrics.lesion_planes(len(self.classes))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -181,7 +181,7 @@ def _mlflow_run_json(uri: str) -> dict[str, Any] | None:
 def _predictor(model, run: dict[str, Any] | None, spec: str) -> Predictor:
     """Merge run.json over defaults read from the model, noting what had to be guessed."""
     size, planes = model.input_shape[1], model.output_shape[-1]
-    defaults = {"task": "binary" if planes == 1 else "multiclass",
+    defaults = {"task": metrics.output_kind(planes),
                 "classes": [f"class{i}" for i in range(1, planes + 1)], "image_size": size, "crop_to_fundus": True}
     run = run or {}
     guessed = [key for key in defaults if key not in run]
@@ -223,9 +223,8 @@ def predict_image(predictor: Predictor, image: np.ndarray, threshold: float, cro
     resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS, box=box,
                                                        reducing_gap=3.0))
     probabilities = evaluation.predict(predictor.model, resized[None])[0]
-    task = "binary" if len(predictor.classes) == 1 else "multiclass"
-    masks = metrics.predictions_to_masks(probabilities, task, threshold)
-    return paste_back(masks.astype(np.uint8), box, (height, width))
+    planes = metrics.predictions_to_masks(probabilities, metrics.output_kind(len(predictor.classes)), threshold)
+    return paste_back(planes.astype(np.uint8), box, (height, width))
 
 
 def paste_back(planes: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
