@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from retinaseg import stage, tracking
+from retinaseg import params, stage, tracking
 from retinaseg.atomic import atomic_path, write_text
 from retinaseg.comparison import comparison_rows, figure, markdown, read_curve
 
@@ -10,11 +10,12 @@ METRICS, MODELS = Path("metrics"), Path("models")
 
 
 def main(argv: list[str]) -> None:
+    real_data = params.load("data")["source"] != "synthetic"
     rows = comparison_rows(METRICS, MODELS, variants=argv)
-    table = markdown(rows)
+    table = markdown(rows, real_data)
     write_text(METRICS / "comparison.md", table)
     with atomic_path(METRICS / "comparison.png") as tmp:
-        figure(rows, {variant: read_curve(METRICS / variant / "train_curve.tsv") for variant in argv}, tmp)
+        figure(rows, {variant: read_curve(METRICS / variant / "train_curve.tsv") for variant in argv}, tmp, real_data)
     tracking.log_to_runs({row["run_id"]: MODELS / row["variant"] for row in rows},
                          [METRICS / "comparison.md", METRICS / "comparison.png"], artifact_path="comparison")
     print(table)

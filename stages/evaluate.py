@@ -11,9 +11,12 @@ def main(argv: list[str]) -> None:
     summary = evaluate_task(variant, prepared_dir=Path("data/prepared"), model_dir=Path("models") / variant,
                             out_dir=Path("metrics") / variant, params=params.load("evaluate"))
     for name in summary["lesion_classes"]:
-        print(f"evaluate {variant} {name}: Dice {summary[name]['micro']['f1']:.3f}, "
-              f"lesion sensitivity {summary[name]['lesion']['lesion_sensitivity']:.3f}, "
-              f"AUC-PR {summary[name]['pr']['auc_pr']:.3f} on {summary['n_images']} test images")
+        core = summary[name]["core"]
+        print(f"evaluate {variant} {name} against the core: Dice {core['micro']['f1']:.3f}, "
+              f"lesions found {core['lesion']['lesion_sensitivity']:.3f}, "
+              f"FP components/image {core['lesion']['fp_components_per_image']:.2f}, "
+              f"predicted {100 * core['predicted_fov_share']:.2f} % of the field of view "
+              f"(core {100 * core['reference_fov_share']:.2f} %) on {summary['n_images']} test images")
 
 
 if __name__ == "__main__":

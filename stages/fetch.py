@@ -9,7 +9,8 @@ from retinaseg.download import fetch_dataset
 def main(argv: list[str]) -> None:
     data = params.load("data")
     fetch_dataset(data["source"], Path("data/raw"), cache_dir=Path("data/downloads"), seed=data["seed"],
-                  num_images=data["num_images"], size=(data["image_width"], data["image_height"]))
+                  num_images=data["num_images"], size=(data["image_width"], data["image_height"]),
+                  style=data["synthetic"])
 
 
 if __name__ == "__main__":

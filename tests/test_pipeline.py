@@ -77,6 +77,12 @@ def test_repro_writes_every_declared_output(repo):
             assert {"lesion_sensitivity", "fp_components_per_image", "image_sensitivity",
                     "image_specificity"} <= set(evaluation[name]["lesion"])
             assert "lesions" in evaluation["per_image"][0][name]
+            core = evaluation[name]["core"]
+            assert {"lesion_sensitivity", "fp_components_per_image", "optic_disc_components_per_image",
+                    "n_reference_lesions"} <= set(core["lesion"])
+            assert 0 <= core["predicted_fov_share"] <= 1 and 0 <= core["reference_fov_share"] <= 1
+            assert {"tp", "fp", "fn", "lesions"} <= set(evaluation["per_image"][0][name]["core"])
+            assert evaluation["threshold_source"] == "validation" and 0 < evaluation["thresholds"][name] < 1
             curve = json.loads((repo / "metrics" / variant / "pr_curves" / f"{name}.json").read_text())
             assert len(curve) == 11 and {"threshold", "precision", "recall"} <= set(curve[0])
         assert len(list((repo / "metrics" / variant / "overlays").glob("*.png"))) == 1
@@ -124,7 +130,8 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(repo):
         assert len(run.data.tags["git_commit"]) == 40
         artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
         assert {"evaluation/eval.json", "evaluation/overlays", "evaluation/pr_curves"} <= set(artifacts)
-        assert "test_hemorrhages_lesion_sensitivity" in run.data.metrics or "test_red_auc_pr" in run.data.metrics
+        assert "test_hemorrhages_f1" in run.data.metrics or "test_red_f1" in run.data.metrics
+        assert any(name.endswith("_core_predicted_fov_share") for name in run.data.metrics)
         comparison = [a.path for a in client.list_artifacts(run.info.run_id, "comparison")]
         assert comparison == ["comparison/comparison.md", "comparison/comparison.png"]
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")

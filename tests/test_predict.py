@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from helpers import one_line_error
 from retinaseg import predict
@@ -35,32 +36,28 @@ def models(tmp_path_factory):
 
 @pytest.fixture
 def fundus(tmp_path):
-    """A black 90x70 canvas with an orange disc; returns the path and the disc's bounding box."""
+    """A black 90x70 canvas with an orange disc; returns the path and its field of view."""
     image = Image.new("RGB", (90, 70))
     ImageDraw.Draw(image).ellipse((20, 8, 70, 60), fill=(200, 90, 40))
     path = tmp_path / "eye.png"
     image.save(path)
-    lit = np.asarray(image).max(axis=-1) > 0
-    rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
-    return path, (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return path, np.asarray(image).max(axis=-1) > 0
 
 
-def outside(planes, box):
-    left, top, right, bottom = box
-    keep = np.ones(planes.shape[:2], dtype=bool)
-    keep[top:bottom, left:right] = False
-    return planes[keep]
+def inside_and_outside(lit):
+    """Pixels safely inside the field of view and safely outside it (resizing moves its edge by a pixel)."""
+    return ndimage.binary_erosion(lit, iterations=2), ~ndimage.binary_dilation(lit, iterations=2)
 
 
-def test_multiclass_planes_are_one_hot_in_the_fundus_box_and_zero_outside(models, fundus, tmp_path, capsys):
-    path, box = fundus
+def test_multiclass_planes_are_one_hot_in_the_field_of_view_and_zero_outside(models, fundus, tmp_path, capsys):
+    path, lit = fundus
     predict.main([str(path), "--model", str(models / "multiclass"), "--out", str(tmp_path / "out")])
     planes = np.load(tmp_path / "out" / "eye.npy")
-    left, top, right, bottom = box
+    inside, outside = inside_and_outside(lit)
     assert planes.shape == (70, 90, 3) and planes.dtype == np.uint8
     assert set(np.unique(planes)) <= {0, 1}
-    assert (planes[top:bottom, left:right].sum(axis=-1) == 1).all()
-    assert not outside(planes, box).any()
+    assert (planes[inside].sum(axis=-1) == 1).all()
+    assert not planes[outside].any()
     assert "eye.png: 90x70 -> " in capsys.readouterr().out
 
 
@@ -79,12 +76,29 @@ def test_overlay_is_the_image_with_lesions_painted_above_a_legend(models, fundus
 
 @pytest.mark.parametrize("threshold, inside", [("0", 1), ("1", 0)])
 def test_binary_model_thresholds_its_single_plane(models, fundus, tmp_path, threshold, inside):
-    path, box = fundus
-    left, top, right, bottom = box
+    path, lit = fundus
     predict.main([str(path), "--model", str(models / "binary"), "--out", str(tmp_path), "--threshold", threshold])
     planes = np.load(tmp_path / "eye.npy")
+    fov, outside = inside_and_outside(lit)
     assert planes.shape == (70, 90, 1)
-    assert (planes[top:bottom, left:right] == inside).all() and not outside(planes, box).any()
+    assert (planes[fov] == inside).all() and not planes[outside].any()
+
+
+def test_eval_json_gives_per_class_thresholds(models, fundus, tmp_path):
+    rules = {"thresholds": {"red": 0.0, "bright": 1.01}, "min_component_px": 1, "drop_on_optic_disc": False}
+    (tmp_path / "eval.json").write_text(json.dumps(rules))
+    predict.main([str(fundus[0]), "--model", str(models / "multiclass"), "--out", str(tmp_path / "out"),
+                  "--eval", str(tmp_path / "eval.json")])
+    planes = np.load(tmp_path / "out" / "eye.npy")
+    inside, _ = inside_and_outside(fundus[1])
+    assert planes[inside, 1].all() and not planes[..., 2].any()
+
+
+def test_eval_json_of_other_classes_is_one_line_error(models, fundus, tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps({"thresholds": {"hemorrhages": 0.5}}))
+    one_line_error(lambda: predict.main([str(fundus[0]), "--model", str(models / "multiclass"),
+                                         "--out", str(tmp_path / "out"), "--eval", str(tmp_path / "eval.json")]),
+                   "eval.json", "red, bright")
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
@@ -95,7 +109,8 @@ def test_any_image_mode_is_read_as_rgb_and_no_crop_covers_the_whole_image(models
     predict.main([str(tmp_path / "gray.png"), "--model", str(models / "multiclass"), "--out", str(tmp_path / "out"),
                   "--no-crop"])
     planes = np.load(tmp_path / "out" / "gray.npy")
-    assert planes.shape == (48, 64, 3) and (planes.sum(axis=-1) == 1).all()
+    inside, outside = inside_and_outside(np.asarray(image) > 0)
+    assert planes.shape == (48, 64, 3) and (planes[inside].sum(axis=-1) == 1).all() and not planes[outside].any()
 
 
 def test_without_run_json_classes_and_size_come_from_the_model(fundus, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The synthetic stand-in must match the official layout and encoding, deterministically."""
+"""Both synthetic styles must match the official layout and encoding, deterministically."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from PIL import Image
 
 from retinaseg import layout
 from retinaseg.errors import PipelineError
-from retinaseg.synthetic import build_archive, generate
+from retinaseg.calibration import region_contrast
+from retinaseg.synthetic import STYLES, build_archive, generate
 
 NUM = 8
 SIZE = (150, 115)
@@ -27,10 +28,15 @@ def _gray(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
+@pytest.fixture(scope="module", params=["realistic", "easy"])
+def style(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_images=NUM, size=SIZE, seed=0)
+def root(tmp_path_factory: pytest.TempPathFactory, style: str) -> Path:
+    root = tmp_path_factory.mktemp(style)
+    generate(root, num_images=NUM, size=SIZE, seed=0, style=style)
     return root
 
 
@@ -43,9 +49,14 @@ def maps(root: Path) -> dict[str, np.ndarray]:
     }
 
 
-def test_same_seed_gives_identical_bytes_and_other_seed_differs(root: Path, tmp_path: Path) -> None:
-    generate(tmp_path / "same", num_images=NUM, size=SIZE, seed=0)
-    generate(tmp_path / "other", num_images=NUM, size=SIZE, seed=1)
+def test_both_styles_are_available_and_realistic_is_the_default() -> None:
+    assert set(STYLES) == {"realistic", "easy"}
+    assert generate.__kwdefaults__["style"] == "realistic"
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(root: Path, style: str, tmp_path: Path) -> None:
+    generate(tmp_path / "same", num_images=NUM, size=SIZE, seed=0, style=style)
+    generate(tmp_path / "other", num_images=NUM, size=SIZE, seed=1, style=style)
     reference, same, other = _files(root), _files(tmp_path / "same"), _files(tmp_path / "other")
     assert same == reference
     assert other.keys() == reference.keys()
@@ -103,15 +114,31 @@ def test_lesions_lie_inside_the_field_of_view_and_outside_is_black(root: Path, m
         assert image[fov].mean() > 40
 
 
-def test_lesions_are_visible_in_the_image(root: Path, maps: dict[str, np.ndarray]) -> None:
-    """Haemorrhages are darker and exudates more yellow than the fundus around them."""
-    fov = _gray(root / layout.FUNDUS_MASK) > 0
-    images = np.stack([_gray(root / layout.image_path(i)) for i in range(1, NUM + 1)]).astype(float)
+def test_easy_lesions_stand_out_from_the_fundus(tmp_path: Path) -> None:
+    """In the easy style haemorrhages are much darker and exudates much more yellow than the fundus."""
+    generate(tmp_path, num_images=NUM, size=SIZE, seed=0, style="easy")
+    fov = _gray(tmp_path / layout.FUNDUS_MASK) > 0
+    images = np.stack([_gray(tmp_path / layout.image_path(i)) for i in range(1, NUM + 1)]).astype(float)
+    maps = {lesion: np.stack([_gray(tmp_path / layout.groundtruth_path(lesion, i)) for i in range(1, NUM + 1)])
+            for lesion in ("hemorrhages", "hardexudates")}
     fundus = images[:, fov].mean(axis=(0, 1))
     haemorrhage = images[maps["hemorrhages"] >= 84].mean(axis=0)
     exudate = images[maps["hardexudates"] >= 84].mean(axis=0)
     assert haemorrhage.sum() < 0.7 * fundus.sum()
     assert exudate[1] > 1.5 * fundus[1]
+
+
+def test_lesions_are_visible_where_all_annotators_agree(root: Path, maps: dict[str, np.ndarray]) -> None:
+    """In the cores that all four annotators mark (>= 0.75) haemorrhages darken and exudates brighten the green."""
+    fov = _gray(root / layout.FUNDUS_MASK) > 0
+    green = [_gray(root / layout.image_path(i))[:, :, 1].astype(np.float32) for i in range(1, NUM + 1)]
+
+    def core_contrast(lesion: str) -> float:
+        cores = [region_contrast(g, (m >= 210) & fov, fov, ring_width=3) for g, m in zip(green, maps[lesion])]
+        return float(np.mean([c for c in cores if c is not None]))
+
+    assert core_contrast("hemorrhages") < -0.15
+    assert core_contrast("hardexudates") > 0.2
 
 
 def test_full_size_disc_is_about_1150_px_tall_and_centred(tmp_path: Path) -> None:
@@ -136,6 +163,20 @@ def test_build_archive_uses_the_official_top_folder_and_stable_bytes(root: Path,
         member = f"{layout.ARCHIVE_ROOT}/{layout.image_path(3)}"
         assert archive.read(member) == (root / layout.image_path(3)).read_bytes()
     assert {name for name in names if not name.endswith("/")} == {f"{layout.ARCHIVE_ROOT}/{n}" for n in _files(root)}
+
+
+def test_smallest_size_works_in_both_styles(tmp_path: Path) -> None:
+    for style in STYLES:
+        generate(tmp_path / style, num_images=2, size=(64, 48), seed=0, style=style)
+        with Image.open(tmp_path / style / layout.image_path(2)) as image:
+            assert image.size == (64, 48)
+
+
+def test_unknown_style_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match=r"data\.synthetic.*'photo'.*realistic, easy") as error:
+        generate(tmp_path, num_images=1, size=SIZE, style="photo")
+    assert "\n" not in str(error.value)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("num_images", "size"), [(0, SIZE), (1000, SIZE), (2, (20, 115))])

@@ -129,18 +129,20 @@ def extract_zip(zip_path: Path, target_dir: Path) -> None:
 
 
 def fetch_dataset(
-    source: str, out_dir: Path, *, cache_dir: Path, seed: int, num_images: int, size: tuple[int, int]
+    source: str, out_dir: Path, *, cache_dir: Path, seed: int, num_images: int, size: tuple[int, int],
+    style: str = "realistic",
 ) -> None:
     """Make ``out_dir`` the validated dataset root (``out_dir/resources/...``) from ``data.source``.
 
     ``source`` is ``synthetic``, ``diaretdb1`` (official zip, cached in ``cache_dir``) or
-    a path to a zip or extracted folder. ``out_dir`` is replaced only on success.
+    a path to a zip or extracted folder; ``style`` is the synthetic generator's (realistic or
+    easy). ``out_dir`` is replaced only on success.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if source == "synthetic":
         with atomic_path(out_dir, is_dir=True) as tmp:
-            generate(tmp, num_images=num_images, size=size, seed=seed)
+            generate(tmp, num_images=num_images, size=size, seed=seed, style=style)
             _validate(tmp, shown_as=str(out_dir))
     elif source == "diaretdb1":
         archive = Path(cache_dir) / layout.ARCHIVE_NAME

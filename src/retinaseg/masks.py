@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 BACKGROUND = "background"
+#: Confidence of the lesion core: the dataset's own toolkit counts strong agreement as lesion.
+CORE_THRESHOLD = 0.75
 
 
 def binarize(confidence: np.ndarray, threshold: float) -> np.ndarray:

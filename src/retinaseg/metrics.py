@@ -88,7 +88,7 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if values.size else math.nan
 
 
-def _scores_with_counts(counts: np.ndarray) -> dict[str, float | int]:
+def scores_with_counts(counts: np.ndarray) -> dict[str, float | int]:
     totals = [int(value) for value in counts]
     return {**scores(*totals), **dict(zip(COUNT_NAMES, totals))}
 
@@ -99,7 +99,7 @@ def _class_summary(counts: np.ndarray) -> dict[str, dict]:
     values = {name: np.array([item[name] for item in per_image]) for name in SCORE_NAMES}
     scored = {name: ~np.isnan(value) for name, value in values.items()}
     return {
-        "micro": _scores_with_counts(counts.sum(axis=0)),
+        "micro": scores_with_counts(counts.sum(axis=0)),
         # nnU-Net's rule: an image where a score is undefined does not enter its mean.
         "per_image_mean": {
             **{name: _mean(values[name][scored[name]]) for name in SCORE_NAMES},
@@ -141,7 +141,7 @@ def summarize(
         values = np.array([micro[name] for micro in class_micro])
         macro[name] = _mean(values[~np.isnan(values)])
     summary["macro"] = macro
-    summary["micro"] = _scores_with_counts(counts[:, lesion_planes].sum(axis=(0, 1)))
+    summary["micro"] = scores_with_counts(counts[:, lesion_planes].sum(axis=(0, 1)))
     summary["per_image"] = [
         {
             "id": image_id.item() if isinstance(image_id, np.generic) else image_id,
@@ -176,7 +176,8 @@ def _kept_components(prediction: np.ndarray, min_component_px: int) -> tuple[np.
     return labels, kept
 
 
-def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_px: int) -> dict:
+def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_px: int,
+                  disc: np.ndarray | None = None) -> dict:
     """Lesion- and image-level counts of one class plane [H,W] of one image.
 
     Lesions and predicted components are 8-connected. Predicted components smaller than
@@ -184,7 +185,8 @@ def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_p
     detect a lesion nor count as false positives. Matching rule: a reference lesion is found
     when it shares at least one pixel with a kept predicted component; a kept component that
     shares no pixel with any reference lesion is a false-positive component. One component
-    may find several lesions, and several components may find one lesion.
+    may find several lesions, and several components may find one lesion. Given the
+    optic ``disc`` mask, kept components touching it are counted as ``optic_disc_components``.
     """
     _check_plane("reference", reference)
     _check_plane("prediction", prediction)
@@ -196,6 +198,9 @@ def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_p
     found = np.unique(reference_labels[kept_mask])
     touching = np.unique(prediction_labels[kept_mask & reference])
     predicted_components = int(kept.sum())
+    on_disc = {}
+    if disc is not None:
+        on_disc["optic_disc_components"] = int(np.count_nonzero(np.unique(prediction_labels[kept_mask & disc])))
     return {
         "reference_lesions": int(reference_lesions),
         "found_lesions": int(np.count_nonzero(found)),
@@ -203,6 +208,7 @@ def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_p
         "false_positive_components": predicted_components - touching.size,
         "reference_positive": bool(reference_lesions > 0),
         "predicted_positive": predicted_components > 0,
+        **on_disc,
     }
 
 
@@ -222,6 +228,10 @@ def summarize_lesions(per_image: list[dict]) -> dict:
     n_reference = sum(int(item["reference_lesions"]) for item in per_image)
     n_found = sum(int(item["found_lesions"]) for item in per_image)
     n_fp_components = sum(int(item["false_positive_components"]) for item in per_image)
+    on_disc = {}
+    if per_image and all("optic_disc_components" in item for item in per_image):
+        n_disc = sum(int(item["optic_disc_components"]) for item in per_image)
+        on_disc = {"optic_disc_components_per_image": _ratio(n_disc, len(per_image)), "n_optic_disc_components": n_disc}
     return {
         "lesion_sensitivity": _ratio(n_found, n_reference),
         "fp_components_per_image": _ratio(n_fp_components, len(per_image)),
@@ -235,6 +245,7 @@ def summarize_lesions(per_image: list[dict]) -> dict:
         "image_fp": image_fp,
         "image_fn": image_fn,
         "image_tn": image_tn,
+        **on_disc,
     }
 
 

@@ -48,6 +48,8 @@ SOURCE = Rule(lambda v: isinstance(v, str) and bool(v.strip()),
 ZOOM = Rule(lambda v: isinstance(v, list) and len(v) == 2
             and all(isinstance(z, (int, float)) and 0.1 <= z <= 2 for z in v) and v[0] <= v[1],
             "[min, max] with 0.1 <= min <= max <= 2")
+THRESHOLD = Rule(lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
+                 "auto (best F1 against the core on the validation images) | a probability from 0 to 1")
 TRAIN_IDS = Rule(lambda v: v == "official" or _parse_id_ranges(v) is not None,
                  f"'official' or id ranges such as '1-27' or '1-10,15' (ids 1..{NUM_IMAGES})")
 
@@ -58,9 +60,11 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "num_images": _number(2, NUM_IMAGES, integer=True),
         "image_width": _number(32, 6000, integer=True),
         "image_height": _number(32, 6000, integer=True),
+        "synthetic": _choice("realistic", "easy"),
     },
     "prepare": {
         "threshold": _number(0.0, 1.0),
+        "core_threshold": _number(0.0, 1.0),
         "image_size": _number(16, 2048, integer=True),
         "crop_to_fundus": BOOLEAN,
         "train_ids": TRAIN_IDS,
@@ -99,9 +103,10 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "freeze_encoder_epochs": _number(0, 10000, integer=True),
     },
     "evaluate": {
-        "threshold": _number(0.0, 1.0),
+        "threshold": THRESHOLD,
         "n_overlays": _number(0, 100, integer=True),
         "min_component_px": _number(1, 100000, integer=True),
+        "drop_on_optic_disc": BOOLEAN,
         "pr_thresholds": _number(2, 10001, integer=True),
     },
 }

@@ -1,10 +1,14 @@
 """Segment new fundus images with a trained model: class planes and an overlay per image.
 
-    python -m retinaseg.predict IMAGE... --model PATH_OR_MLFLOW_URI --out DIR [--threshold 0.5] [--no-crop]
+    python -m retinaseg.predict IMAGE... --model PATH_OR_MLFLOW_URI --out DIR [--threshold 0.5 | --eval EVAL_JSON]
+        [--no-crop]
 
 ``--model`` is a ``model.keras`` file, a ``models/<variant>`` folder or an MLflow model URI
 (``runs:/<run_id>/model``, ``models:/<name>/<version>``). Each image gives ``DIR/<stem>.npy``
 (uint8 {0,1} class planes [H,W,C] at the image's own size) and ``DIR/<stem>_overlay.png``.
+Lesions are kept inside the field of view only. ``--eval metrics/<variant>/eval.json`` applies
+that evaluation's post-processing: its per-class thresholds (chosen on validation images),
+smallest component and optic-disc rule.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from retinaseg import evaluation, metrics, stage, tracking
+from retinaseg import anatomy, evaluation, metrics, postprocess, stage, tracking
 from retinaseg.atomic import atomic_path, save_npy
 from retinaseg.errors import PipelineError
 from retinaseg.preprocess import fundus_box
@@ -58,8 +62,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", required=True, metavar="PATH_OR_MLFLOW_URI",
                         help="model.keras, models/<variant>, runs:/<run_id>/model or models:/<name>/<version>")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
-    parser.add_argument("--threshold", type=_probability, default=0.5,
-                        help="probability threshold of one-plane models (several planes use argmax)")
+    rules = parser.add_mutually_exclusive_group()
+    rules.add_argument("--threshold", type=_probability, default=0.5,
+                       help="probability threshold of every lesion class (default 0.5)")
+    rules.add_argument("--eval", type=Path, metavar="EVAL_JSON",
+                       help="take thresholds, smallest component and optic-disc rule from this eval.json")
     parser.add_argument("--no-crop", action="store_true",
                         help="resize the whole image instead of the fundus' bounding box")
     return parser.parse_args(argv)
@@ -211,10 +218,33 @@ def field_of_view_box(image: np.ndarray) -> tuple[int, int, int, int]:
     return fundus_box(mask) if mask.any() else (0, 0, image.shape[1], image.shape[0])
 
 
-def predict_image(predictor: Predictor, image: np.ndarray, threshold: float, crop: bool) -> np.ndarray:
+@dataclass(frozen=True)
+class Rules:
+    """How probabilities become lesion masks, as in evaluation."""
+
+    thresholds: list[float]
+    min_component_px: int = 1
+    drop_on_optic_disc: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, predictor: Predictor) -> Rules:
+        lesion_names = [predictor.classes[plane] for plane in predictor.lesion_planes]
+        if args.eval is None:
+            return cls([args.threshold] * len(lesion_names))
+        try:
+            summary = json.loads(args.eval.read_text())
+            return cls([float(summary["thresholds"][name]) for name in lesion_names],
+                       int(summary["min_component_px"]), bool(summary["drop_on_optic_disc"]))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise PipelineError(f"--eval {args.eval}: not an eval.json of this model's classes "
+                                f"({', '.join(lesion_names)}): {_first_line(error)}; "
+                                "pass metrics/<variant>/eval.json of the same variant") from None
+
+
+def predict_image(predictor: Predictor, image: np.ndarray, rules: Rules, crop: bool) -> np.ndarray:
     """uint8 {0,1} class planes [H,W,C] for one RGB image, preprocessed as in training.
 
-    Pixels outside the crop box were never seen by the model and get no class (all planes 0).
+    Pixels outside the field of view (found from the image) get no class (all planes 0).
     """
     height, width = image.shape[:2]
     box = field_of_view_box(image) if crop else (0, 0, width, height)
@@ -223,7 +253,12 @@ def predict_image(predictor: Predictor, image: np.ndarray, threshold: float, cro
     resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS, box=box,
                                                        reducing_gap=3.0))
     probabilities = evaluation.predict(predictor.model, resized[None])[0]
-    planes = metrics.predictions_to_masks(probabilities, metrics.output_kind(len(predictor.classes)), threshold)
+    fov = resized.max(axis=-1) > FUNDUS_LEVEL
+    disc = anatomy.disc_mask(fov.shape, anatomy.locate_optic_disc(resized, fov)) if rules.drop_on_optic_disc else None
+    planes = postprocess.clean(postprocess.threshold_masks(probabilities, rules.thresholds), fov,
+                               rules.min_component_px, disc)
+    if planes.shape[-1] > 1:
+        planes[~fov, 0] = False  # no class outside the field of view
     return paste_back(planes.astype(np.uint8), box, (height, width))
 
 
@@ -283,12 +318,13 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     check_inputs(args.images)
     predictor = load_predictor(args.model)
+    rules = Rules.from_args(args, predictor)
     crop = predictor.crop_to_fundus and not args.no_crop
     print(f"model {args.model}: task {predictor.task}, classes {', '.join(predictor.classes)}, "
           f"{predictor.image_size} px, {'cropped to the fundus' if crop else 'whole image'}")
     for path in args.images:
         image = read_image(path)
-        planes = predict_image(predictor, image, args.threshold, crop)
+        planes = predict_image(predictor, image, rules, crop)
         written = write_outputs(path, image, planes, predictor, args.out)
         counts = planes.sum(axis=(0, 1), dtype=np.int64)
         pixels = ", ".join(f"{name} {count}" for name, count in zip(predictor.classes, counts.tolist()))

@@ -36,21 +36,28 @@ def fundus_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def load_sample(image_id: int, *, root: Path, box: tuple[int, int, int, int], size: int,
-                threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """One image resized to size x size, and its four lesion maps binarised then resized.
+                thresholds: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """One image resized to size x size, and its four lesion maps binarised at each threshold.
 
     Maps are binarised at full resolution (where the confidence levels are exact), then
-    area-averaged and kept where at least half of the area is lesion.
+    area-averaged and kept where at least half of the area is lesion. The lesion array is
+    bool [len(thresholds), size, size, 4].
     """
     dataset = DiaretDB1(root)
     image = Image.fromarray(dataset.read_image(image_id))
     resized = np.asarray(image.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0))
-    lesions = np.empty((size, size, len(LESION_TYPES)), dtype=bool)
+    lesions = np.empty((len(thresholds), size, size, len(LESION_TYPES)), dtype=bool)
     for index, lesion in enumerate(LESION_TYPES):
-        binary = masks.binarize(dataset.read_groundtruth(lesion, image_id), threshold)
-        area = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BOX, box=box)
-        lesions[..., index] = np.asarray(area) >= 128
+        confidence = dataset.read_groundtruth(lesion, image_id)
+        for level, threshold in enumerate(thresholds):
+            lesions[level, ..., index] = _area_resize(masks.binarize(confidence, threshold), box, size)
     return resized, lesions
+
+
+def _area_resize(binary: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """A full-resolution boolean map cropped to ``box``, kept where at least half of each new pixel is set."""
+    area = Image.fromarray(binary.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BOX, box=box)
+    return np.asarray(area) >= 128
 
 
 def split_ids(dataset: DiaretDB1, train_ids: Sequence[int] | None) -> dict[str, list[int]]:
@@ -68,9 +75,13 @@ def split_ids(dataset: DiaretDB1, train_ids: Sequence[int] | None) -> dict[str, 
     return split
 
 
-def prepare_dataset(root: Path, out_dir: Path, *, tasks: Tasks, threshold: float, image_size: int,
-                    crop_to_fundus: bool, train_ids: Sequence[int] | None, workers: int | None = None) -> dict:
+def prepare_dataset(root: Path, out_dir: Path, *, tasks: Tasks, threshold: float, image_size: int, crop_to_fundus: bool, train_ids: Sequence[int] | None,
+                    core_threshold: float = masks.CORE_THRESHOLD, workers: int | None = None) -> dict:
     """Write train/ and test/ array sets plus ``manifest.json``; return the manifest.
+
+    Besides the training target (``masks_<task>.npy``, lesion at ``threshold``), each set
+    holds the lesion core (``core_<task>.npy``, at ``core_threshold``) that evaluation
+    scores against, and the resized field of view (``fov.npy``, bool [S,S]).
 
     Images are decoded in parallel processes and streamed into memory-mapped ``.npy``
     files, so memory holds one image per worker, not the dataset.
@@ -79,12 +90,14 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Tasks, threshold: float
     split = split_ids(dataset, train_ids)
     fov = dataset.read_fundus_mask()
     box = fundus_box(fov) if crop_to_fundus else (0, 0, fov.shape[1], fov.shape[0])
-    load = partial(load_sample, root=root, box=box, size=image_size, threshold=threshold)
+    load = partial(load_sample, root=root, box=box, size=image_size, thresholds=(threshold, core_threshold))
     manifest: dict[str, Any] = {
         "source_size": [int(fov.shape[1]), int(fov.shape[0])], "crop_to_fundus": crop_to_fundus, "crop_box": list(box),
-        "image_size": image_size, "threshold": threshold, "split": split,
-        "tasks": {task: {"classes": masks.class_names(classes), "pixels": {}} for task, classes in tasks.items()},
+        "image_size": image_size, "threshold": threshold, "core_threshold": core_threshold, "split": split,
+        "tasks": {task: {"classes": masks.class_names(classes), "pixels": {}, "core_pixels": {}}
+                  for task, classes in tasks.items()},
     }
+    fov_resized = _area_resize(fov, box, image_size)
     workers = workers or os.cpu_count() or 1
     with atomic_path(out_dir, is_dir=True) as tmp, ProcessPoolExecutor(workers) as pool:
         for name, ids in split.items():
@@ -92,13 +105,16 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Tasks, threshold: float
             samples = tqdm(pool.map(load, ids), total=len(ids), desc=f"prepare {name}", unit="image")
             for row, (image, lesions) in enumerate(samples):
                 arrays["images"][row] = image
-                named = dict(zip(LESION_TYPES, np.moveaxis(lesions, -1, 0)))
+                target, core = (dict(zip(LESION_TYPES, np.moveaxis(level, -1, 0))) for level in lesions)
                 for task, classes in tasks.items():
-                    arrays[task][row] = masks.class_planes(named, classes)
+                    arrays[task][row] = masks.class_planes(target, classes)
+                    arrays[f"core_{task}"][row] = masks.class_planes(core, classes)
             np.save(tmp / name / "ids.npy", np.asarray(ids, dtype=np.int32))
+            np.save(tmp / name / "fov.npy", fov_resized)
             for task, classes in tasks.items():
-                counts = arrays[task].sum(axis=(0, 1, 2), dtype=np.int64)
-                manifest["tasks"][task]["pixels"][name] = dict(zip(masks.class_names(classes), counts.tolist()))
+                for key, array in (("pixels", arrays[task]), ("core_pixels", arrays[f"core_{task}"])):
+                    counts = array.sum(axis=(0, 1, 2), dtype=np.int64)
+                    manifest["tasks"][task][key][name] = dict(zip(masks.class_names(classes), counts.tolist()))
             for array in arrays.values():
                 array.flush()
             del arrays
@@ -110,20 +126,28 @@ def _open_set(folder: Path, count: int, size: int, tasks: Tasks) -> dict[str, np
     folder.mkdir(parents=True)
     arrays = {"images": np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (count, size, size, 3))}
     for task, classes in tasks.items():
-        planes = len(masks.class_names(classes))
-        arrays[task] = np.lib.format.open_memmap(folder / f"masks_{task}.npy", "w+", np.uint8,
-                                                 (count, size, size, planes))
+        shape = (count, size, size, len(masks.class_names(classes)))
+        arrays[task] = np.lib.format.open_memmap(folder / f"masks_{task}.npy", "w+", np.uint8, shape)
+        arrays[f"core_{task}"] = np.lib.format.open_memmap(folder / f"core_{task}.npy", "w+", np.uint8, shape)
     return arrays
 
 
-def load_set(folder: Path, task: str | None = None, mmap: bool = False) -> dict[str, np.ndarray]:
-    """Read an array set: ``images``, ``ids`` and the masks of ``task`` (or of every task)."""
+def load_set(folder: Path, task: str | None = None, mmap: bool = False, core: bool = False) -> dict[str, np.ndarray]:
+    """Read an array set: ``images``, ``ids`` and the masks of ``task`` (or of every task).
+
+    With ``core`` (prepared sets only), also ``fov`` and the core masks as ``core_<task>``.
+    """
     mode = "r" if mmap else None
     names = [f"masks_{task}.npy"] if task else sorted(p.name for p in folder.glob("masks_*.npy"))
     try:
         arrays = {"images": np.load(folder / "images.npy", mmap_mode=mode), "ids": np.load(folder / "ids.npy")}
         for name in names:
             arrays[name[len("masks_"):-len(".npy")]] = np.load(folder / name, mmap_mode=mode)
+        if core:
+            arrays["fov"] = np.load(folder / "fov.npy")
+            for name in names:
+                key = "core_" + name[len("masks_"):-len(".npy")]
+                arrays[key] = np.load(folder / f"{key}.npy", mmap_mode=mode)
     except FileNotFoundError as error:
         raise PipelineError(f"{error.filename}: missing; run `dvc repro` to rebuild the earlier stages") from None
     return arrays

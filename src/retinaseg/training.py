@@ -127,7 +127,7 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
                                 f"lower train.lr (now {train_params['lr']}) or try another train.loss")
         best_epoch = int(np.argmax(history[monitor]))
         summary = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": tracking.tracking_uri(),
-                   "variant": variant, "task": task, "classes": class_names,
+                   "variant": variant, "task": task, "classes": class_names, "val_ids": held_out.tolist(),
                    "image_size": image_size, "crop_to_fundus": crop_to_fundus,
                    "init_from": source["task"] if source else "scratch",
                    "init_from_run_id": source["run_id"] if source else None,
