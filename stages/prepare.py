@@ -14,7 +14,7 @@ def main(argv: list[str]) -> None:
                                crop_to_fundus=prepare["crop_to_fundus"],
                                train_ids=params.train_ids(prepare["train_ids"]))
     for task, info in manifest["tasks"].items():
-        print(f"prepare {task}: lesion pixels {info['pixels']}")
+        print(f"prepare {task}: lesion pixels {info['pixels']}, core pixels {info['core_pixels']}")
 
 
 if __name__ == "__main__":

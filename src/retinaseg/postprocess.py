@@ -13,8 +13,9 @@ from scipy import ndimage
 
 from retinaseg import metrics
 
-#: Candidate thresholds of the validation search: 0.05, 0.10, ..., 0.95.
-THRESHOLD_GRID = np.round(np.arange(1, 20) * 0.05, 2)
+#: Candidate thresholds of the validation search: 0.05, 0.10, ..., 0.95, then finer up to 0.99,
+#: where a model trained on wide annotator regions puts the lesion cores.
+THRESHOLD_GRID = np.append(np.round(np.arange(1, 20) * 0.05, 2), [0.97, 0.98, 0.99])
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
