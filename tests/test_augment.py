@@ -29,7 +29,7 @@ def noise(count: int = 3, planes: int = 4, seed: int = 0) -> tuple[np.ndarray, n
 
 def test_shapes_and_dtypes():
     images, masks = noise(count=3, planes=5)
-    images_out, masks_out, source = augment(images, masks, **dict(TYPICAL, copies=2))
+    images_out, masks_out, source, _ = augment(images, masks, **dict(TYPICAL, copies=2))
     assert images_out.shape == (9, HEIGHT, WIDTH, 3) and images_out.dtype == np.uint8
     assert masks_out.shape == (9, HEIGHT, WIDTH, 5) and masks_out.dtype == np.uint8
     assert source.shape == (9,) and source.dtype == np.int32
@@ -38,7 +38,7 @@ def test_shapes_and_dtypes():
 def test_originals_come_first_unchanged_and_inputs_are_untouched():
     images, masks = noise()
     before = images.copy(), masks.copy()
-    images_out, masks_out, _ = augment(images, masks, **TYPICAL)
+    images_out, masks_out, _, _ = augment(images, masks, **TYPICAL)
     np.testing.assert_array_equal(images_out[:3], before[0])
     np.testing.assert_array_equal(masks_out[:3], before[1])
     np.testing.assert_array_equal(images, before[0])
@@ -47,13 +47,13 @@ def test_originals_come_first_unchanged_and_inputs_are_untouched():
 
 def test_source_index_is_copy_major():
     images, masks = noise(count=3)
-    _, _, source = augment(images, masks, **dict(TYPICAL, copies=2))
+    _, _, source, _ = augment(images, masks, **dict(TYPICAL, copies=2))
     np.testing.assert_array_equal(source, [0, 1, 2, 0, 1, 2, 0, 1, 2])
 
 
 def test_still_ranges_give_exact_copies_of_the_source():
     images, masks = noise()
-    images_out, masks_out, source = augment(images, masks, **STILL)
+    images_out, masks_out, source, _ = augment(images, masks, **STILL)
     np.testing.assert_array_equal(images_out, images[source])
     np.testing.assert_array_equal(masks_out, masks[source])
 
@@ -62,8 +62,9 @@ def test_same_seed_gives_identical_bytes():
     images, masks = noise()
     first = augment(images, masks, **TYPICAL)
     second = augment(images, masks, **TYPICAL)
-    for a, b in zip(first, second):
+    for a, b in zip(first[:3], second[:3]):
         assert a.tobytes() == b.tobytes()
+    assert first[3] is None
 
 
 def test_other_seed_gives_other_images_and_masks():
@@ -74,9 +75,20 @@ def test_other_seed_gives_other_images_and_masks():
     assert not np.array_equal(first[1][3:], other[1][3:])
 
 
+def test_soft_planes_move_with_their_masks():
+    images, masks = noise()
+    soft = masks * np.uint8(255)
+    _, masks_out, _, soft_out = augment(images, masks, **dict(TYPICAL, copies=4), soft=soft)
+    assert soft_out.dtype == np.uint8 and soft_out.shape == masks_out.shape
+    assert np.array_equal(soft_out[:3], soft)
+    agree = (soft_out[3:] >= 128) == masks_out[3:].astype(bool)
+    assert agree.mean() > 0.95  # bilinear and nearest differ only along edges
+    assert len(np.unique(soft_out[3:])) > 2  # interpolated, not snapped
+
+
 def test_masks_stay_binary():
     images, masks = noise()
-    _, masks_out, _ = augment(images, masks, **dict(TYPICAL, copies=4))
+    _, masks_out, _, _ = augment(images, masks, **dict(TYPICAL, copies=4))
     assert set(np.unique(masks_out[3:]).tolist()) == {0, 1}
 
 
@@ -93,14 +105,14 @@ def squares() -> tuple[np.ndarray, np.ndarray]:
 
 def test_image_is_interpolated_and_masks_are_not():
     images, masks = squares()
-    images_out, masks_out, _ = augment(images, masks, **dict(GEOMETRY, copies=4))
+    images_out, masks_out, _, _ = augment(images, masks, **dict(GEOMETRY, copies=4))
     assert np.any((images_out[1:] > 0) & (images_out[1:] < 255))
     assert set(np.unique(masks_out).tolist()) == {0, 1}
 
 
 def test_image_and_each_mask_plane_move_together():
     images, masks = squares()
-    images_out, masks_out, _ = augment(images, masks, **dict(GEOMETRY, copies=8))
+    images_out, masks_out, _, _ = augment(images, masks, **dict(GEOMETRY, copies=8))
     moved = checked = 0
     for image, mask in zip(images_out[1:], masks_out[1:]):
         moved += not np.array_equal(mask, masks[0])
@@ -118,7 +130,7 @@ def test_image_and_each_mask_plane_move_together():
 def test_flip_alone_mirrors_exactly(option: str, axis: int):
     images, masks = noise(count=2)
     params = dict(STILL, copies=8, **{option: True})
-    images_out, masks_out, source = augment(images, masks, **params)
+    images_out, masks_out, source, _ = augment(images, masks, **params)
     outcomes = set()
     for row in range(2, len(source)):
         image, mask = images[source[row]], masks[source[row]]
@@ -134,7 +146,7 @@ def test_zoom_below_one_zooms_in():
     images = np.zeros((1, HEIGHT, WIDTH, 3), np.uint8)
     images[0, 12:20, 16:24] = 255
     masks = np.zeros((1, HEIGHT, WIDTH, 1), np.uint8)
-    images_out, _, _ = augment(images, masks, **dict(STILL, copies=1, zoom=(0.5, 0.5)))
+    images_out, _, _, _ = augment(images, masks, **dict(STILL, copies=1, zoom=(0.5, 0.5)))
     bright_before = (images_out[0] > 127).sum()
     bright_after = (images_out[1] > 127).sum()
     assert bright_after == pytest.approx(4 * bright_before, rel=0.2)
@@ -143,7 +155,7 @@ def test_zoom_below_one_zooms_in():
 def test_brightness_alone_shifts_every_pixel_equally_and_spares_masks():
     images, masks = noise()
     images = (images // 2 + 64).astype(np.uint8)  # 64..191: a +-25.5 offset never clips
-    images_out, masks_out, source = augment(images, masks, **dict(STILL, brightness=0.1))
+    images_out, masks_out, source, _ = augment(images, masks, **dict(STILL, brightness=0.1))
     offsets = images_out[3:].astype(int) - images[source[3:]].astype(int)
     per_row = offsets.reshape(len(offsets), -1)
     assert (per_row == per_row[:, :1]).all()
@@ -154,7 +166,7 @@ def test_brightness_alone_shifts_every_pixel_equally_and_spares_masks():
 def test_contrast_alone_keeps_channel_means_and_scales_spread():
     images, masks = noise()
     images = (images // 2 + 64).astype(np.uint8)
-    images_out, _, source = augment(images, masks, **dict(STILL, contrast=0.2))
+    images_out, _, source, _ = augment(images, masks, **dict(STILL, contrast=0.2))
     before, after = images[source[3:]].astype(float), images_out[3:].astype(float)
     np.testing.assert_allclose(after.mean(axis=(1, 2)), before.mean(axis=(1, 2)), atol=0.5)
     ratios = after.std(axis=(1, 2, 3)) / before.std(axis=(1, 2, 3))

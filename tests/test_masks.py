@@ -29,3 +29,17 @@ def test_several_classes_get_background_and_exclusive_planes():
     # Pixel 3 is both red and bright: the class listed first (red) keeps it.
     assert planes[0].tolist() == [[0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]]
     assert (planes.sum(axis=-1) == 1).all()
+
+
+def test_confidence_planes_take_the_strongest_member_and_leave_background_the_rest():
+    confidence = {"hemorrhages": np.array([[0, 105, 252]], np.uint8),
+                  "redsmalldots": np.array([[42, 63, 0]], np.uint8),
+                  "hardexudates": np.array([[0, 210, 42]], np.uint8),
+                  "softexudates": np.zeros((1, 3), np.uint8)}
+    one = masks.confidence_planes(confidence, {"red": ["hemorrhages", "redsmalldots"]})
+    assert one[..., 0].tolist() == [[42, 105, 252]]
+    several = masks.confidence_planes(confidence, {"red": ["hemorrhages", "redsmalldots"],
+                                                   "bright": ["hardexudates", "softexudates"]})
+    # pixel 1: red 105 + bright 210 exceeds full scale, so bright keeps only the 150 left
+    assert several[0].tolist() == [[213, 42, 0], [0, 105, 150], [0, 252, 3]]
+    assert (several.astype(int).sum(axis=-1) == 255).all()

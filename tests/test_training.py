@@ -12,7 +12,7 @@ AUGMENT = {"copies": 1, "seed": 0, "rotation_deg": 10, "shift": 0.05, "zoom": [0
 MODEL = {"depth": 2, "base_filters": 4, "dropout": 0.0, "batch_norm": True}
 TASKS = {"binary": {"hemorrhages": ["hemorrhages"]},
          "multiclass": {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]}}
-TRAIN = {"loss": "dice", "lr": 0.001, "epochs": 1, "batch_size": 2, "seed": 0, "val_fraction": 0.25,
+TRAIN = {"target": "mask", "loss": "dice", "lr": 0.001, "epochs": 1, "batch_size": 2, "seed": 0, "val_fraction": 0.25,
          "mixed_precision": "float32", "jit_compile": False, "threads": 0}
 
 
@@ -38,8 +38,8 @@ def test_nan_loss_stops_with_a_clear_message_and_no_outputs(arrays, tmp_path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     make_dataset = training.make_dataset
 
-    def poisoned(images, masks, batch_size, shuffle_seed):
-        return make_dataset(images, masks, batch_size, shuffle_seed).map(lambda x, y: (x, y * np.nan))
+    def poisoned(*args, **kwargs):
+        return make_dataset(*args, **kwargs).map(lambda x, y: (x, y * np.nan))
 
     monkeypatch.setattr(training, "make_dataset", poisoned)
     with pytest.raises(PipelineError, match=r"train binary: the loss became NaN at epoch 1; lower train.lr"):
@@ -80,3 +80,22 @@ def test_transfer_from_a_missing_model_names_it(arrays, tmp_path, monkeypatch):
         "multiclass", prepared_dir=arrays / "prepared", augmented_dir=arrays / "augmented",
         model_dir=tmp_path / "t", curve_path=tmp_path / "t.tsv", model_params=MODEL, train_params=TRAIN,
         logged_params={}, init_dir=tmp_path / "binary"), "binary/model.keras: missing", "dvc repro train@binary")
+
+
+def test_confidence_target_trains_on_soft_planes(arrays, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    make_dataset, seen = training.make_dataset, []
+
+    def recording(images, masks, *args, **kwargs):
+        dataset = make_dataset(images, masks, *args, **kwargs)
+        seen.append(np.concatenate([y.numpy() for _, y in dataset]))
+        return dataset
+
+    monkeypatch.setattr(training, "make_dataset", recording)
+    summary = training.train_task("binary", prepared_dir=arrays / "prepared", augmented_dir=arrays / "augmented",
+                                  model_dir=tmp_path / "soft", curve_path=tmp_path / "soft.tsv", model_params=MODEL,
+                                  train_params={**TRAIN, "target": "confidence"}, logged_params={})
+    targets = seen[0]
+    assert 0 <= targets.min() and targets.max() <= 1
+    assert np.any((targets > 0) & (targets < 1)), "soft values between none and full agreement"
+    assert summary["epochs"] == 1 and (tmp_path / "soft" / "model.keras").exists()

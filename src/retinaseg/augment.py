@@ -73,16 +73,18 @@ def augment(
     vertical_flip: bool,
     brightness: float,
     contrast: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    soft: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Return the originals followed by ``copies`` augmented versions of every image.
 
-    ``images`` is uint8 [N,H,W,3] and ``masks`` uint8 {0,1} [N,H,W,K]. Row
+    ``images`` is uint8 [N,H,W,3] and ``masks`` uint8 {0,1} [N,H,W,K]; optional ``soft``
+    uint8 planes [N,H,W,J] (confidence maps) move with them, interpolated bilinearly. Row
     ``c * N + i`` of the outputs is copy ``c`` of image ``i`` (copy 0 unchanged), and
     ``source_index`` holds ``i`` for each row. Ranges: rotation and shear in degrees
     (+-), shift as a fraction of height and width (+-), zoom as Keras' ``zoom_range``,
     brightness as an offset in fractions of 255 (+-), contrast as a factor in
     ``[1 - contrast, 1 + contrast]`` about each channel's mean; brightness and
-    contrast touch only the image.
+    contrast touch only the image. Returns images, masks, source_index and soft (or None).
     """
     _check(images, masks, copies=copies, seed=seed, zoom=zoom, rotation_deg=rotation_deg,
            shift=shift, shear_deg=shear_deg, brightness=brightness, contrast=contrast)
@@ -91,6 +93,10 @@ def augment(
     images_out = np.empty((count * (copies + 1), *images.shape[1:]), np.uint8)
     masks_out = np.empty((count * (copies + 1), *masks.shape[1:]), np.uint8)
     images_out[:count], masks_out[:count] = images, masks
+    soft_out = None
+    if soft is not None:
+        soft_out = np.empty((len(images_out), *soft.shape[1:]), np.uint8)
+        soft_out[:count] = soft
     for row in range(count, len(images_out)):
         source = row % count
         matrix = random_affine(rng, height, width, rotation_deg=rotation_deg, shift=shift,
@@ -101,8 +107,10 @@ def augment(
         warped = _warp_image(images[source], matrix)
         images_out[row] = _photometric(warped, offset, factor)
         masks_out[row] = _warp_masks(masks[source], matrix)
+        if soft is not None:
+            soft_out[row] = np.clip(np.rint(_warp_image(soft[source], matrix)), 0, 255)
     source_index = np.tile(np.arange(count, dtype=np.int32), copies + 1)
-    return images_out, masks_out, source_index
+    return images_out, masks_out, source_index, soft_out
 
 
 def _warp_image(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -41,3 +41,23 @@ def class_planes(lesions: Mapping[str, np.ndarray], classes: Mapping[str, Sequen
         exclusive.append(plane & ~taken)
         taken |= plane
     return np.stack([~taken, *exclusive], axis=-1).astype(np.uint8)
+
+
+def confidence_planes(confidence: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """Soft targets: uint8 planes [H, W, C] of summed annotator confidence (255 = all agree fully).
+
+    A class takes the highest confidence of its lesion types. With several classes the
+    background plane is what the classes leave, and classes listed first keep their
+    confidence where the sum would pass full scale, as ``class_planes`` gives them the pixel.
+    """
+    merged = [np.maximum.reduce([confidence[name].astype(np.int32) for name in members])
+              for members in classes.values()]
+    if len(merged) == 1:
+        return merged[0][..., None].astype(np.uint8)
+    left = np.full_like(merged[0], 255)
+    planes = []
+    for plane in merged:
+        taken = np.minimum(plane, left)
+        planes.append(taken)
+        left -= taken
+    return np.stack([left, *planes], axis=-1).astype(np.uint8)

@@ -88,6 +88,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "batch_norm": BOOLEAN,
     },
     "train": {
+        "target": _choice("mask", "confidence"),
         "loss": _choice(*LOSSES),
         "lr": _number(1e-7, 1.0),
         "epochs": _number(1, 10000, integer=True),

@@ -17,6 +17,10 @@ from retinaseg.model import build_unet, is_encoder_layer, transfer_weights
 from retinaseg.preprocess import load_set
 
 
+#: Value of full confidence in each kind of stored target (``train.target``).
+TARGET_SCALE = {"mask": 1.0, "confidence": 255.0}
+
+
 def validation_ids(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Held-out training images for model selection; never augmented copies of them."""
     if fraction == 0:
@@ -28,15 +32,19 @@ def validation_ids(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndar
     return np.sort(np.random.default_rng(seed).choice(train_ids, count, replace=False))
 
 
-def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, shuffle_seed: int | None):
-    """tf.data pipeline: uint8 arrays in memory -> shuffled float32 batches, prefetched."""
+def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, shuffle_seed: int | None,
+                 target_scale: float = 1.0):
+    """tf.data pipeline: uint8 arrays in memory -> shuffled float32 batches, prefetched.
+
+    Targets are divided by ``target_scale``: 1 for {0,1} masks, 255 for confidence planes.
+    """
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((images, masks))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     return (dataset.batch(batch_size)
-            .map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, tf.cast(y, tf.float32)),
+            .map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, tf.cast(y, tf.float32) / target_scale),
                  num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
@@ -61,8 +69,9 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
     precision = hardware.configure(train_params["mixed_precision"], train_params["threads"])
     keras.utils.set_random_seed(train_params["seed"])
 
-    augmented = load_set(augmented_dir, task)
-    prepared = load_set(prepared_dir / "train", task)
+    target = train_params["target"]
+    augmented = load_set(augmented_dir, task, target=target)
+    prepared = load_set(prepared_dir / "train", task, target=target)
     held_out = validation_ids(prepared["ids"], train_params["val_fraction"], train_params["seed"])
     train_rows = ~np.isin(augmented["ids"], held_out)
     val_rows = np.isin(prepared["ids"], held_out)
@@ -71,11 +80,12 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
     manifest = json.loads((prepared_dir / "manifest.json").read_text())
     class_names, crop_to_fundus = manifest["tasks"][task]["classes"], manifest["crop_to_fundus"]
     batch_size = train_params["batch_size"]
-    train_data = make_dataset(train_x, train_y, batch_size, shuffle_seed=train_params["seed"])
-    val_data = make_dataset(prepared["images"][val_rows], prepared[task][val_rows], batch_size, None)
+    scale = TARGET_SCALE[target]
+    train_data = make_dataset(train_x, train_y, batch_size, shuffle_seed=train_params["seed"], target_scale=scale)
+    val_data = make_dataset(prepared["images"][val_rows], prepared[task][val_rows], batch_size, None, scale)
     monitor = "val_dice" if len(held_out) else "dice"
 
-    weights = losses.class_weights_from_masks(train_y) if train_params["loss"].startswith("weighted") else None
+    weights = losses.class_weights_from_masks(train_y / scale) if train_params["loss"].startswith("weighted") else None
     model = build_unet(image_size, num_classes, model_params["depth"], model_params["base_filters"],
                        model_params["dropout"], model_params["batch_norm"])
     source = _initialise(model, init_dir) if init_dir else None
