@@ -64,3 +64,11 @@ def test_transfer_skips_layers_whose_shapes_differ():
     wide = build_unet(32, 3, depth=2, base_filters=8)
     copied, kept = transfer_weights(narrow, wide)
     assert copied == [] and "down0_conv1" in kept
+
+
+def test_bilinear_upsampling_replaces_transposed_convolutions():
+    model = build_unet(32, 3, depth=2, base_filters=4, upsampling="bilinear")
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert "UpSampling2D" in kinds and "Conv2DTranspose" not in kinds
+    assert model.get_layer("up0_upconv").kernel.shape == (3, 3, 8, 4)
+    assert model.predict(np.zeros((1, 32, 32, 3), np.float32), verbose=0).shape == (1, 32, 32, 3)

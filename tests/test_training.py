@@ -9,7 +9,7 @@ from retinaseg.synthetic import generate
 
 AUGMENT = {"copies": 1, "seed": 0, "rotation_deg": 10, "shift": 0.05, "zoom": [0.9, 1.0], "shear_deg": 0,
            "horizontal_flip": True, "vertical_flip": False, "brightness": 0.0, "contrast": 0.0}
-MODEL = {"depth": 2, "base_filters": 4, "dropout": 0.0, "batch_norm": True}
+MODEL = {"depth": 2, "base_filters": 4, "dropout": 0.0, "batch_norm": True, "upsampling": "transpose"}
 TASKS = {"binary": {"hemorrhages": ["hemorrhages"]},
          "multiclass": {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]}}
 TRAIN = {"target": "mask", "loss": "dice", "lr": 0.001, "epochs": 1, "batch_size": 2, "seed": 0, "val_fraction": 0.25,

@@ -26,8 +26,18 @@ def conv_block(x, filters: int, batch_norm: bool, name: str):
     return x
 
 
+def upsample(x, filters: int, mode: str, name: str):
+    """Double the resolution: a 2x2 transposed convolution (the tutorial's), or bilinear resizing
+    then a 3x3 convolution, which cannot produce the checkerboard artefacts of the former."""
+    if mode == "transpose":
+        return layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_upconv")(x)
+    x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)
+    return layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer="he_normal",
+                         name=f"{name}_upconv")(x)
+
+
 def build_unet(image_size: int, num_classes: int, depth: int = 4, base_filters: int = 64,
-               dropout: float = 0.5, batch_norm: bool = True) -> keras.Model:
+               dropout: float = 0.5, batch_norm: bool = True, upsampling: str = "transpose") -> keras.Model:
     """Return a U-Net mapping [H, W, 3] images in [0, 1] to per-class probabilities.
 
     ``num_classes == 1`` gives one sigmoid plane (binary task); more gives a softmax over
@@ -47,7 +57,7 @@ def build_unet(image_size: int, num_classes: int, depth: int = 4, base_filters: 
 
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
-        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_upconv")(x)
+        x = upsample(x, filters, upsampling, name=f"up{level}")
         x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, batch_norm=False, name=f"up{level}")
 

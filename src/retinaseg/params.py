@@ -86,6 +86,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "base_filters": _number(1, 256, integer=True),
         "dropout": _number(0, 0.9),
         "batch_norm": BOOLEAN,
+        "upsampling": _choice("transpose", "bilinear"),
     },
     "train": {
         "target": _choice("mask", "confidence"),

@@ -87,7 +87,7 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
 
     weights = losses.class_weights_from_masks(train_y / scale) if train_params["loss"].startswith("weighted") else None
     model = build_unet(image_size, num_classes, model_params["depth"], model_params["base_filters"],
-                       model_params["dropout"], model_params["batch_norm"])
+                       model_params["dropout"], model_params["batch_norm"], model_params["upsampling"])
     source = _initialise(model, init_dir) if init_dir else None
     print(f"train {variant}: {model.name}, {model.count_params():,} parameters, {precision}, "
           f"{train_rows.sum()} training rows from {len(np.unique(augmented['ids'][train_rows]))} images, "
