@@ -124,7 +124,8 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(repo):
     assert set(runs) == set(VARIANTS)
     assert runs["multiclass_transfer"].data.tags["init_from_run_id"] == runs["binary"].info.run_id
     for variant, run in runs.items():
-        assert run.data.params["model.depth"] == "2" and run.data.params["train.loss"] == "dice"
+        defaults = yaml.safe_load((PROJECT / "params.yaml").read_text())
+        assert run.data.params["model.depth"] == "2" and run.data.params["train.loss"] == defaults["train"]["loss"]
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
         assert "test_macro_f1" in run.data.metrics
         assert len(run.data.tags["git_commit"]) == 40
