@@ -85,3 +85,21 @@ def test_lesion_counts_report_components_touching_the_disc():
     summary = metrics.summarize_lesions([counts, counts])
     assert summary["optic_disc_components_per_image"] == 1.0
     assert "optic_disc_components" not in metrics.lesion_counts(reference, prediction, 1)
+
+
+def test_f_beta_below_one_weighs_precision_more():
+    assert postprocess.f_beta(6, 2, 2, 1.0) == pytest.approx(0.75)  # Dice
+    precise, sensitive = postprocess.f_beta(4, 1, 4, 0.5), postprocess.f_beta(4, 4, 1, 0.5)
+    assert precise > sensitive
+    assert postprocess.f_beta(0, 0, 0, 0.5) == 0.0
+
+
+def test_lower_beta_chooses_a_higher_threshold():
+    rng = np.random.default_rng(1)
+    core = np.zeros((2, 32, 32, 1), dtype=bool)
+    core[:, 10:16, 10:16] = True
+    ramp = np.where(core, rng.uniform(0.2, 1.0, core.shape), rng.uniform(0.0, 1.0, core.shape) ** 4)
+    fov = np.ones((32, 32), dtype=bool)
+    (dice_threshold,) = postprocess.choose_thresholds(ramp, core, fov, 1, [None] * 2, beta=1.0)
+    (precise_threshold,) = postprocess.choose_thresholds(ramp, core, fov, 1, [None] * 2, beta=0.5)
+    assert precise_threshold > dice_threshold

@@ -58,8 +58,9 @@ def choose_thresholds(model, run: dict[str, Any], prepared_dir: Path, params: di
                       lesion_names: list[str]) -> tuple[list[float], str]:
     """Per-class probability thresholds and where they come from (validation images or params).
 
-    ``auto`` picks, per class, the threshold with the best F1 against the lesion core on the
-    training run's held-out validation images, after the same cleaning as the test images.
+    ``auto`` picks, per class, the threshold with the best F-beta (``evaluate.threshold_beta``)
+    against the lesion core on the training run's held-out validation images, after the same
+    cleaning as the test images.
     """
     if params["threshold"] != "auto":
         return [float(params["threshold"])] * len(lesion_names), "params"
@@ -74,7 +75,7 @@ def choose_thresholds(model, run: dict[str, Any], prepared_dir: Path, params: di
     images, fov = train["images"][rows], train["fov"]
     discs = optic_discs(images, fov) if params["drop_on_optic_disc"] else [None] * len(images)
     chosen = postprocess.choose_thresholds(predict(model, images), train[f"core_{task}"][rows].astype(bool), fov,
-                                           params["min_component_px"], discs)
+                                           params["min_component_px"], discs, params["threshold_beta"])
     print(f"evaluate {run['variant']}: thresholds chosen on {rows.sum()} validation images: "
           + ", ".join(f"{name} {value:.2f}" for name, value in zip(lesion_names, chosen)))
     return chosen, "validation"
@@ -115,7 +116,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir:
     ids = test["ids"].tolist()
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(reference, predicted)])
     summary = {"variant": variant, "task": task, "thresholds": dict(zip(lesion_names, thresholds)),
-               "threshold_source": threshold_source, "min_component_px": params["min_component_px"],
+               "threshold_source": threshold_source, "threshold_beta": params["threshold_beta"], "min_component_px": params["min_component_px"],
                "drop_on_optic_disc": params["drop_on_optic_disc"], "pr_thresholds": params["pr_thresholds"],
                "core_threshold": manifest["core_threshold"], "n_images": len(ids), "lesion_classes": lesion_names,
                **metrics.summarize(ids, counts, class_names, planes)}

@@ -106,6 +106,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     },
     "evaluate": {
         "threshold": THRESHOLD,
+        "threshold_beta": _number(0.1, 10.0),
         "n_overlays": _number(0, 100, integer=True),
         "min_component_px": _number(1, 100000, integer=True),
         "drop_on_optic_disc": BOOLEAN,

@@ -66,9 +66,16 @@ def clean(masks: np.ndarray, fov: np.ndarray, min_component_px: int,
     return cleaned
 
 
+def f_beta(tp: int, fp: int, fn: int, beta: float) -> float:
+    """F-score weighting recall ``beta`` times as much as precision (F1 = Dice at beta 1)."""
+    weight = beta**2
+    denominator = (1 + weight) * tp + weight * fn + fp
+    return (1 + weight) * tp / denominator if denominator else 0.0
+
+
 def choose_thresholds(probabilities: np.ndarray, reference: np.ndarray, fov: np.ndarray,
-                      min_component_px: int, discs: Sequence[np.ndarray | None]) -> list[float]:
-    """Per lesion plane, the grid threshold with the best pooled F1 against ``reference``.
+                      min_component_px: int, discs: Sequence[np.ndarray | None], beta: float = 1.0) -> list[float]:
+    """Per lesion plane, the grid threshold with the best pooled F-beta against ``reference``.
 
     ``probabilities`` [N,H,W,C] and boolean ``reference`` [N,H,W,C] are validation images;
     each class is thresholded on its own probability and cleaned as in evaluation. Ties go
@@ -76,7 +83,7 @@ def choose_thresholds(probabilities: np.ndarray, reference: np.ndarray, fov: np.
     """
     chosen = []
     for plane in metrics.lesion_planes(probabilities.shape[-1]):
-        best_f1, best_threshold = -1.0, float(THRESHOLD_GRID[0])
+        best_score, best_threshold = -1.0, float(THRESHOLD_GRID[0])
         for threshold in THRESHOLD_GRID:
             tp = fp = fn = 0
             for probability, truth, disc in zip(probabilities, reference, discs):
@@ -86,8 +93,8 @@ def choose_thresholds(probabilities: np.ndarray, reference: np.ndarray, fov: np.
                 tp += int(np.count_nonzero(predicted & truth))
                 fp += int(np.count_nonzero(predicted & ~truth))
                 fn += int(np.count_nonzero(~predicted & truth))
-            f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-            if f1 > best_f1:
-                best_f1, best_threshold = f1, float(threshold)
+            score = f_beta(tp, fp, fn, beta)
+            if score > best_score:
+                best_score, best_threshold = score, float(threshold)
         chosen.append(best_threshold)
     return chosen
