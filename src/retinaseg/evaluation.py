@@ -131,7 +131,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir:
         for entry, counted, at_core in zip(summary["per_image"], lesions, core_per_image):
             entry[name]["lesions"] = counted
             entry[name]["core"] = at_core
-    _write_outputs(out_dir, summary, curves, test["images"][:params["n_overlays"]], reference, predicted,
+    _write_outputs(out_dir, summary, curves, test["images"][:params["n_overlays"]], core, predicted,
                    class_names, planes, variant)
     _log(run, model_dir, out_dir, summary, params)
     return summary
@@ -162,7 +162,7 @@ def _score_core(probability: np.ndarray, core: np.ndarray, predicted: np.ndarray
 
 def _write_outputs(out_dir: Path, summary: dict, curves: dict, images: np.ndarray, reference: np.ndarray,
                    predicted: np.ndarray, class_names: list[str], planes: list[int], variant: str) -> None:
-    """PR curves, overlays of ``images`` (the first test images) and eval.json, each written atomically."""
+    """PR curves, overlays of ``images`` (the first test images, against the core) and eval.json, each atomic."""
     ids = [entry["id"] for entry in summary["per_image"]]
     with atomic_path(out_dir / "pr_curves", is_dir=True) as tmp:
         for name, rows in curves.items():
@@ -170,7 +170,7 @@ def _write_outputs(out_dir: Path, summary: dict, curves: dict, images: np.ndarra
     with atomic_path(out_dir / "overlays", is_dir=True) as tmp:
         for row in range(len(images)):
             picture = overlay(images[row], reference[row], predicted[row], class_names, planes,
-                              title=f"{variant} image{ids[row]:03d}")
+                              title=f"{variant} image{ids[row]:03d} vs core")
             picture.save(tmp / f"image{ids[row]:03d}.png")
     write_json(out_dir / "eval.json", summary)
 
