@@ -19,8 +19,8 @@ LESION_RULES = {
     "core": "the lesion core is the reference at prepare.core_threshold (0.75: most annotators agree), "
             "where the lesions are; the training target (prepare.threshold) marks the annotators' coarse regions",
     "post-processing": "per class, pixels whose probability reaches the class's threshold (evaluate.threshold; "
-                       "auto = best F-beta, evaluate.threshold_beta, against the core on the validation images), inside the field of view; "
-                       "components smaller than evaluate.min_component_px, and with evaluate.drop_on_optic_disc "
+                       "auto = best F-beta, evaluate.threshold_beta, against the core on the validation images), "
+                       "inside the field of view; components smaller than evaluate.min_component_px, and with evaluate.drop_on_optic_disc "
                        "those centred on the optic disc, are dropped",
     "lesion": "a reference lesion is an 8-connected component of a class's reference plane; it is found "
               "when at least one of its pixels is predicted",

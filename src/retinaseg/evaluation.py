@@ -116,8 +116,9 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, out_dir:
     ids = test["ids"].tolist()
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(reference, predicted)])
     summary = {"variant": variant, "task": task, "thresholds": dict(zip(lesion_names, thresholds)),
-               "threshold_source": threshold_source, "threshold_beta": params["threshold_beta"], "min_component_px": params["min_component_px"],
-               "drop_on_optic_disc": params["drop_on_optic_disc"], "pr_thresholds": params["pr_thresholds"],
+               "threshold_source": threshold_source, "threshold_beta": params["threshold_beta"],
+               "min_component_px": params["min_component_px"], "drop_on_optic_disc": params["drop_on_optic_disc"],
+               "pr_thresholds": params["pr_thresholds"],
                "core_threshold": manifest["core_threshold"], "n_images": len(ids), "lesion_classes": lesion_names,
                **metrics.summarize(ids, counts, class_names, planes)}
     curves = {}

@@ -79,7 +79,8 @@ def split_ids(dataset: DiaretDB1, train_ids: Sequence[int] | None) -> dict[str, 
     return split
 
 
-def prepare_dataset(root: Path, out_dir: Path, *, tasks: Tasks, threshold: float, image_size: int, crop_to_fundus: bool, train_ids: Sequence[int] | None,
+def prepare_dataset(root: Path, out_dir: Path, *, tasks: Tasks, threshold: float, image_size: int,
+                    crop_to_fundus: bool, train_ids: Sequence[int] | None,
                     core_threshold: float = masks.CORE_THRESHOLD, workers: int | None = None) -> dict:
     """Write train/ and test/ array sets plus ``manifest.json``; return the manifest.
 
