@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from retinaseg import postprocess
 from retinaseg.atomic import write_json
 from retinaseg.metrics import (
     SCORE_NAMES,
     PRAccumulator,
     confusion_counts,
     lesion_counts,
-    predictions_to_masks,
     scores,
     summarize,
     summarize_lesions,
@@ -66,25 +66,6 @@ def test_missed_lesion_scores_zero_not_nan_where_defined():
 
 def test_specificity_undefined_without_negatives():
     assert math.isnan(scores(tp=4, fp=0, fn=0, tn=0)["specificity"])
-
-
-def test_binary_predictions_threshold_inclusively():
-    probabilities = np.array([0.2, 0.5, 0.7]).reshape(1, 3, 1)
-    masks = predictions_to_masks(probabilities, "binary", 0.5)
-    assert masks.dtype == bool
-    assert masks.ravel().tolist() == [False, True, True]
-
-
-def test_multiclass_predictions_are_one_hot_argmax_whatever_the_threshold():
-    probabilities = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.3, 0.4, 0.3]]).reshape(1, 3, 3)
-    masks = predictions_to_masks(probabilities, "multiclass", 0.99)
-    assert masks.shape == probabilities.shape
-    assert masks[0].tolist() == [[True, False, False], [False, False, True], [False, True, False]]
-
-
-def test_unknown_task_rejected():
-    with pytest.raises(ValueError, match="binary, multiclass"):
-        predictions_to_masks(np.zeros((1, 1, 1)), "regression", 0.5)
 
 
 CLASSES = ["background", "red", "bright"]
@@ -364,7 +345,7 @@ def test_pr_curve_predicts_a_probability_exactly_on_a_threshold(edge_accumulator
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_pr_curve_agrees_with_predictions_to_masks_on_grid_values(dtype):
+def test_pr_curve_agrees_with_threshold_masks_on_grid_values(dtype):
     # One positive pixel on every grid value k/100 (0.29 * 100 < 29 in floating point, so a
     # floor-based bin would put it below its own threshold).
     probabilities = (np.arange(101) / 100).astype(dtype)
@@ -373,7 +354,7 @@ def test_pr_curve_agrees_with_predictions_to_masks_on_grid_values(dtype):
     accumulator.update(probabilities, reference)
     for k, row in enumerate(accumulator.curve()):
         assert row["recall"] == pytest.approx((101 - k) / 101)
-        masks = predictions_to_masks(probabilities.reshape(1, -1, 1), "binary", row["threshold"])
+        masks = postprocess.threshold_masks(probabilities.reshape(1, -1, 1), [row["threshold"]])
         assert row["recall"] == pytest.approx(masks.sum() / 101)
 
 

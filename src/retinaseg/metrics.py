@@ -16,7 +16,6 @@ from scipy import ndimage
 
 SCORE_NAMES = ("precision", "recall", "iou", "f1", "accuracy", "specificity")
 COUNT_NAMES = ("tp", "fp", "fn", "tn")
-TASKS = ("binary", "multiclass")
 #: Top-level keys of ``summarize`` besides the class names.
 SUMMARY_KEYS = ("macro", "micro", "per_image")
 
@@ -28,7 +27,7 @@ def confusion_counts(reference: np.ndarray, prediction: np.ndarray) -> np.ndarra
             f"expected two [H,W,C] masks of one shape, got {reference.shape} and {prediction.shape}"
         )
     if reference.dtype != bool or prediction.dtype != bool:
-        raise TypeError("masks must be boolean; turn probabilities into masks with predictions_to_masks")
+        raise TypeError("masks must be boolean; turn probabilities into masks with postprocess.threshold_masks")
     planes = reference.shape[-1]
     reference = reference.reshape(-1, planes)
     prediction = prediction.reshape(-1, planes)
@@ -66,22 +65,8 @@ def lesion_planes(num_planes: int) -> list[int]:
 
 
 def output_kind(num_planes: int) -> str:
-    """The ``task`` argument of ``predictions_to_masks`` for a model with ``num_planes`` outputs."""
+    """The kind of task a model with ``num_planes`` outputs solves: one sigmoid plane or a softmax."""
     return "binary" if num_planes == 1 else "multiclass"
-
-
-def predictions_to_masks(probabilities: np.ndarray, task: str, threshold: float) -> np.ndarray:
-    """Boolean masks of the same shape [..., C] as the model's probabilities.
-
-    binary: p >= threshold. multiclass: the one-hot of the argmax over planes, because softmax
-    planes are mutually exclusive; ``threshold`` is unused there and ties go to the lower plane.
-    """
-    if task == "binary":
-        return probabilities >= threshold
-    if task == "multiclass":
-        planes = probabilities.shape[-1]
-        return np.argmax(probabilities, axis=-1)[..., None] == np.arange(planes)
-    raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
 
 
 def _mean(values: np.ndarray) -> float:
@@ -253,7 +238,7 @@ class PRAccumulator:
     """Pixel-level precision-recall over a fixed threshold grid, in O(num_thresholds) memory.
 
     Thresholds are t_k = k / (num_thresholds - 1); a pixel is predicted positive at t_k when
-    p >= t_k, compared in the probabilities' own dtype as ``predictions_to_masks`` does. So
+    p >= t_k, compared in the probabilities' own dtype as ``postprocess.threshold_masks`` does. So
     each pixel is counted in the bin of the largest threshold it reaches, and the counts at
     t_k are those of bins k and above: a probability exactly on t_k is positive at t_k.
     """
