@@ -150,7 +150,7 @@ def _check_plane(name: str, plane: np.ndarray) -> None:
         raise ValueError(f"{name} must be a boolean [H,W] plane, got {plane.dtype} {plane.shape}")
 
 
-def _kept_components(prediction: np.ndarray, min_component_px: int) -> tuple[np.ndarray, np.ndarray]:
+def kept_components(prediction: np.ndarray, min_component_px: int) -> tuple[np.ndarray, np.ndarray]:
     """8-connected labels of ``prediction`` and, per label, whether it is big enough to count.
 
     Label 0 (background) is never kept.
@@ -178,7 +178,7 @@ def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_p
     if reference.shape != prediction.shape:
         raise ValueError(f"planes differ in shape: {reference.shape} and {prediction.shape}")
     reference_labels, reference_lesions = ndimage.label(reference, structure=_EIGHT_CONNECTED)
-    prediction_labels, kept = _kept_components(prediction, min_component_px)
+    prediction_labels, kept = kept_components(prediction, min_component_px)
     kept_mask = kept[prediction_labels]
     found = np.unique(reference_labels[kept_mask])
     touching = np.unique(prediction_labels[kept_mask & reference])

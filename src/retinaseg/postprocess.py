@@ -16,7 +16,6 @@ from retinaseg import metrics
 #: Candidate thresholds of the validation search: 0.01, 0.02, ..., 0.99. Models trained on wide
 #: annotator regions put the lesion cores in a narrow band near 1, where 0.05 steps are too coarse.
 THRESHOLD_GRID = np.round(np.arange(1, 100) * 0.01, 2)
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def threshold_masks(probabilities: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -53,13 +52,12 @@ def clean(masks: np.ndarray, fov: np.ndarray, min_component_px: int,
     cleaned = masks.copy()
     lesion = metrics.lesion_planes(masks.shape[-1])
     for plane in lesion:
-        labels, count = ndimage.label(masks[..., plane] & fov, structure=_EIGHT_CONNECTED)
-        keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_component_px
+        labels, keep = metrics.kept_components(masks[..., plane] & fov, min_component_px)
+        count = len(keep) - 1
         if disc is not None and count:
             centres = ndimage.center_of_mass(np.ones_like(labels), labels, range(1, count + 1))
             on_disc = [disc[int(round(r)), int(round(c))] for r, c in centres]
             keep[1:] &= ~np.asarray(on_disc, dtype=bool)
-        keep[0] = False
         cleaned[..., plane] = keep[labels]
     if masks.shape[-1] > 1:
         cleaned[..., 0] = ~cleaned[..., 1:].any(axis=-1)
@@ -85,14 +83,12 @@ def choose_thresholds(probabilities: np.ndarray, reference: np.ndarray, fov: np.
     for plane in metrics.lesion_planes(probabilities.shape[-1]):
         best_score, best_threshold = -1.0, float(THRESHOLD_GRID[0])
         for threshold in THRESHOLD_GRID:
-            tp = fp = fn = 0
-            for probability, truth, disc in zip(probabilities, reference, discs):
-                single = (probability[..., plane] >= threshold)[..., None]
-                predicted = clean(single, fov, min_component_px, disc)[..., 0]
-                truth = truth[..., plane]
-                tp += int(np.count_nonzero(predicted & truth))
-                fp += int(np.count_nonzero(predicted & ~truth))
-                fn += int(np.count_nonzero(~predicted & truth))
+            counts = sum(
+                metrics.confusion_counts(truth[..., plane, None],
+                                         clean((probability[..., plane] >= threshold)[..., None], fov,
+                                               min_component_px, disc))[0]
+                for probability, truth, disc in zip(probabilities, reference, discs))
+            tp, fp, fn, _ = (int(value) for value in counts)
             score = f_beta(tp, fp, fn, beta)
             if score > best_score:
                 best_score, best_threshold = score, float(threshold)
