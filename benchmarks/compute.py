@@ -16,12 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import data, flops
-from benchmarks.config import Config, Net
+from benchmarks.config import BINARY, Config, Net, train_params
 from benchmarks.measure import rate, repeat, stats, target
-from retinaseg import hardware, losses
+from retinaseg import hardware
 from retinaseg.evaluation import predict
 from retinaseg.model import build_unet
-from retinaseg.training import make_dataset
+from retinaseg.training import compile_unet, make_dataset
 
 RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 #: (name, precision, XLA) of the large net's training-step variants; the first is the baseline.
@@ -34,7 +34,7 @@ STEP_METHOD = ("compiled model.fit (verbose 0, one step per execution); one figu
 
 def hardware_info() -> dict:
     """What the figures were measured on; a KVM guest may hide the CPU's name but not its family."""
-    cpuinfo = _cpuinfo()
+    cpuinfo = hardware.cpu_info()
     flags = hardware.cpu_flags()
     return {"cpu": cpuinfo.get("model name"),
             "cpu_family_model": f"{cpuinfo.get('cpu family')}/{cpuinfo.get('model')}", "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
@@ -42,20 +42,6 @@ def hardware_info() -> dict:
             "native_bfloat16": _native_bfloat16(),
             "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
             "tensorflow": tf.__version__, "keras": keras.__version__}
-
-
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where unavailable)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            text = handle.read()
-    except OSError:
-        return {}
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return fields
 
 
 def _native_bfloat16() -> bool:
@@ -103,10 +89,9 @@ def _precision(precision: str) -> Iterator[None]:
 
 
 def _compiled_unet(net: Net, image_size: int, jit_compile: bool = False) -> keras.Model:
-    """A one-class U-Net compiled as the training stage does (Adam, Dice loss, Dice metric)."""
-    model = build_unet(image_size, 1, net.depth, net.base_filters, net.dropout, net.batch_norm)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses.build_loss("dice", 1),
-                  metrics=[losses.dice_coefficient], jit_compile=jit_compile)
+    """A one-class U-Net built and compiled by the training stage's own functions (Dice loss)."""
+    model = build_unet(image_size, BINARY, net.params)
+    compile_unet(model, BINARY, train_params(jit_compile))
     return model
 
 
@@ -133,7 +118,7 @@ def step_seconds(model: keras.Model, dataset, warmup: int, reps: int) -> list[fl
 
 def _random_batch(batch: int, image_size: int):
     rng = np.random.default_rng(0)
-    images = rng.random((batch, image_size, image_size, 3), np.float32)
+    images = rng.random((batch, image_size, image_size, 3), np.float32) * 255  # pixel values, as training feeds
     masks = (rng.random((batch, image_size, image_size, 1)) < 0.05).astype(np.float32)
     return tf.data.Dataset.from_tensors((images, masks)).repeat()
 
@@ -154,7 +139,7 @@ def train_step(cfg: Config, run) -> dict:
 
 def _train_net(net: Net, variants, reps: int, cfg: Config, dataset, peaks: dict, trace: bool) -> dict:
     """FLOPs of ``net`` and its step time per variant; with ``trace``, the float32 step's op breakdown."""
-    reference = build_unet(cfg.image_size, 1, net.depth, net.base_filters, net.dropout, net.batch_norm)
+    reference = build_unet(cfg.image_size, BINARY, net.params)
     forward = flops.forward_flops(reference)
     step_gflop = 3 * forward["per_image"] * cfg.batch / 1e9
     entry = {"depth": net.depth, "base_filters": net.base_filters, "parameters": reference.count_params(),
@@ -225,7 +210,7 @@ def inference(cfg: Config, run) -> dict:
     net = cfg.pipeline_net
     rng = np.random.default_rng(0)
     with _precision(precision):
-        model = build_unet(cfg.image_size, 1, net.depth, net.base_filters, net.dropout, net.batch_norm)
+        model = build_unet(cfg.image_size, BINARY, net.params)
         result = {"model": f"{net.label} (params.yaml's model), {precision} (as trained with train.mixed_precision: auto)",
                   "training_size": _predict_rate(model, rng, cfg.inference_images, cfg.warmup, cfg.reps)}
         per_image = 1 / result["training_size"]["images_per_second"]["median"]

@@ -9,30 +9,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retinaseg.params import AugmentParams, ModelParams, PrepareParams, TrainParams
+from retinaseg.tasks import Task
+
 
 @dataclass(frozen=True)
 class Net:
-    """One U-Net configuration, as ``build_unet`` takes it."""
+    """One U-Net configuration: depth and base filters, the rest as params.yaml's model block."""
 
     depth: int
     base_filters: int
-    dropout: float = 0.5
-    batch_norm: bool = True
 
     @property
     def label(self) -> str:
         return f"d{self.depth}/{self.base_filters}"
 
+    @property
+    def params(self) -> ModelParams:
+        return ModelParams(depth=self.depth, base_filters=self.base_filters, dropout=0.5, batch_norm=True,
+                           upsampling="transpose")
 
-#: The tasks block of params.yaml: the binary task trains the benchmarked one-plane models.
-TASKS = {"binary": {"hemorrhages": ["hemorrhages"]},
-         "multiclass": {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]}}
-#: The augment block of params.yaml without ``copies`` and ``seed``.
-AUGMENT_RANGES = {"rotation_deg": 20, "shift": 0.1, "zoom": (0.7, 1.0), "shear_deg": 10,
-                  "horizontal_flip": True, "vertical_flip": True, "brightness": 0.1, "contrast": 0.1}
-THRESHOLD = 0.1
+
+#: The tasks of params.yaml: the binary task trains the benchmarked one-plane models.
+TASKS = [Task("binary", {"hemorrhages": ("hemorrhages",)}),
+         Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates", "softexudates")})]
+BINARY = TASKS[0]
+#: The augment block of params.yaml, with one copy per image.
+AUGMENT = AugmentParams(copies=1, seed=0, rotation_deg=20, shift=0.1, zoom=(0.7, 1.0), shear_deg=10,
+                        horizontal_flip=True, vertical_flip=True, brightness=0.1, contrast=0.1)
 #: What ``prepare.train_ids: 1-27`` names.
 TRAIN_IDS = tuple(range(1, 28))
+
+
+def prepare_params(image_size: int, train_ids: tuple[int, ...]) -> PrepareParams:
+    """The prepare block of params.yaml at another image size and split."""
+    ranges = ",".join(map(str, train_ids))
+    return PrepareParams(threshold=0.1, core_threshold=0.75, image_size=image_size, crop_to_fundus=True,
+                         train_ids=ranges)
+
+
+def train_params(jit_compile: bool = False) -> TrainParams:
+    """The train block the benchmarked steps compile with: the Dice loss of the tutorial, Adam 1e-3."""
+    return TrainParams(target="mask", loss="dice", lr=1e-3, epochs=1, batch_size=1, seed=0, val_fraction=0.0,
+                       mixed_precision="float32", jit_compile=jit_compile, threads=0)
 
 
 @dataclass(frozen=True)

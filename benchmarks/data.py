@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from benchmarks.config import AUGMENT_RANGES, TASKS, THRESHOLD, Config
+from benchmarks.config import AUGMENT, TASKS, Config, prepare_params
 from benchmarks.measure import rate, repeat, stats, target
-from retinaseg.augment import augment, random_affine
-from retinaseg.preprocess import augment_training_set, load_set, prepare_dataset
+from retinaseg.arrays import load_set
+from retinaseg.augment import augment, augment_training_set, random_affine
+from retinaseg.prepare import prepare_dataset
 from retinaseg.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,9 @@ def _sets(cfg: Config, tmp: Path) -> tuple[Path, Path, str]:
     prepared, augmented = tmp / "prepared", tmp / "augmented"
     if not augmented.is_dir():
         generate(tmp / "raw", num_images=cfg.synthetic_images, size=cfg.synthetic_size, seed=0)
-        prepare_dataset(tmp / "raw", prepared, tasks=TASKS, threshold=THRESHOLD, image_size=cfg.image_size,
-                        crop_to_fundus=True, train_ids=range(1, cfg.synthetic_images))
-        augment_training_set(prepared, augmented, {"copies": cfg.synthetic_copies, "seed": 0, **AUGMENT_RANGES})
+        prepare_dataset(tmp / "raw", prepared, tasks=TASKS,
+                        params=prepare_params(cfg.image_size, tuple(range(1, cfg.synthetic_images))))
+        augment_training_set(prepared, augmented, AUGMENT.model_copy(update={"copies": cfg.synthetic_copies}))
     width, height = cfg.synthetic_size
     return (prepared, augmented,
             f"synthetic: {cfg.synthetic_images} images of {width}x{height}, {cfg.synthetic_copies} copies each")
@@ -61,12 +62,12 @@ def keras_style(images: np.ndarray, masks: np.ndarray, seed: int) -> tuple[np.nd
     """
     rng = np.random.default_rng(seed)
     height, width = images.shape[1:3]
-    geometry = {key: AUGMENT_RANGES[key] for key in ("rotation_deg", "shift", "zoom", "shear_deg")}
+    geometry = {key: getattr(AUGMENT, key) for key in ("rotation_deg", "shift", "zoom", "shear_deg")}
     out_images, out_masks = np.empty(images.shape, np.float32), np.empty(masks.shape, np.float32)
     for row in range(len(images)):
         matrix = random_affine(rng, height, width, horizontal_flip=False, vertical_flip=False, **geometry)
         flips = tuple(axis for axis, key in ((0, "vertical_flip"), (1, "horizontal_flip"))
-                      if AUGMENT_RANGES[key] and rng.random() < 0.5)
+                      if getattr(AUGMENT, key) and rng.random() < 0.5)
         for source, out in ((images[row], out_images), (masks[row], out_masks)):
             warped = np.stack([ndimage.affine_transform(source[..., channel].astype(np.float32), matrix[:2, :2],
                                                         matrix[:2, 2], order=1, mode="nearest")
@@ -84,7 +85,7 @@ def augmentation(cfg: Config, run) -> dict:
     images = train["images"][:count]
     # Every task's planes together, as the augment stage warps them.
     masks = np.concatenate([train[task][:count] for task in tasks], axis=-1)
-    ours = repeat(lambda: augment(images, masks, copies=1, seed=0, **AUGMENT_RANGES), cfg.warmup, cfg.reps)
+    ours = repeat(lambda: augment(images, masks, AUGMENT), cfg.warmup, cfg.reps)
     theirs = repeat(lambda: keras_style(images, masks, seed=0), cfg.warmup, cfg.reps)
     return {"data": source, "images": count, "image_shape": list(images.shape[1:]), "mask_planes": masks.shape[-1],
             "note": "ours also applies brightness and contrast; both warp every mask plane with the image",
@@ -138,8 +139,8 @@ def _peak_rss_kib() -> int:
 def _child(request: dict) -> None:
     """Time prepare_dataset as the stage calls it; print the figures as one JSON line."""
     started = time.perf_counter()
-    prepare_dataset(Path(request["raw"]), Path(request["out"]), tasks=TASKS, threshold=THRESHOLD,
-                    image_size=request["image_size"], crop_to_fundus=True, train_ids=request["train_ids"])
+    prepare_dataset(Path(request["raw"]), Path(request["out"]), tasks=TASKS,
+                    params=prepare_params(request["image_size"], tuple(request["train_ids"])))
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds,
                       "main_maxrss_kib": _peak_rss_kib(),

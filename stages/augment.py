@@ -3,11 +3,11 @@
 from pathlib import Path
 
 from retinaseg import params, stage
-from retinaseg.preprocess import augment_training_set
+from retinaseg.augment import augment_training_set
 
 
 def main(argv: list[str]) -> None:
-    rows = augment_training_set(Path("data/prepared"), Path("data/augmented"), params.load("augment"))
+    rows = augment_training_set(Path("data/prepared"), Path("data/augmented"), params.load().augment)
     print(f"augment: {rows} training rows written to data/augmented")
 
 

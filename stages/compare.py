@@ -10,7 +10,7 @@ METRICS, MODELS = Path("metrics"), Path("models")
 
 
 def main(argv: list[str]) -> None:
-    real_data = params.load("data")["source"] != "synthetic"
+    real_data = params.load().data.source != "synthetic"
     rows = comparison_rows(METRICS, MODELS, variants=argv)
     table = markdown(rows, real_data)
     write_text(METRICS / "comparison.md", table)

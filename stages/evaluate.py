@@ -1,4 +1,4 @@
-"""Stage evaluate@<variant>: score the test split into metrics/<variant>/."""
+"""Stage evaluate@<variant>: predict the test split into data/predictions/<variant>, score it into metrics/<variant>/."""
 
 from pathlib import Path
 
@@ -9,7 +9,8 @@ from retinaseg.evaluation import evaluate_task
 def main(argv: list[str]) -> None:
     (variant,) = argv
     summary = evaluate_task(variant, prepared_dir=Path("data/prepared"), model_dir=Path("models") / variant,
-                            out_dir=Path("metrics") / variant, params=params.load("evaluate"))
+                            predictions_dir=Path("data/predictions") / variant, out_dir=Path("metrics") / variant,
+                            params=params.load().evaluate)
     for name in summary["lesion_classes"]:
         core = summary[name]["core"]
         print(f"evaluate {variant} {name} against the core: Dice {core['micro']['f1']:.3f}, "

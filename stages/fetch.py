@@ -7,10 +7,7 @@ from retinaseg.download import fetch_dataset
 
 
 def main(argv: list[str]) -> None:
-    data = params.load("data")
-    fetch_dataset(data["source"], Path("data/raw"), cache_dir=Path("data/downloads"), seed=data["seed"],
-                  num_images=data["num_images"], size=(data["image_width"], data["image_height"]),
-                  style=data["synthetic"])
+    fetch_dataset(params.load().data, Path("data/raw"), cache_dir=Path("data/downloads"))
 
 
 if __name__ == "__main__":

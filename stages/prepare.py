@@ -3,16 +3,13 @@
 from pathlib import Path
 
 from retinaseg import params, stage
-from retinaseg.preprocess import prepare_dataset
+from retinaseg.prepare import prepare_dataset
 
 
 def main(argv: list[str]) -> None:
-    prepare, tasks = params.load("prepare"), params.load("tasks")
-    manifest = prepare_dataset(Path("data/raw"), Path("data/prepared"), tasks=tasks,
-                               threshold=prepare["threshold"],
-                               core_threshold=prepare["core_threshold"], image_size=prepare["image_size"],
-                               crop_to_fundus=prepare["crop_to_fundus"],
-                               train_ids=params.train_ids(prepare["train_ids"]))
+    everything = params.load()
+    tasks = [everything.task(name) for name in everything.tasks]
+    manifest = prepare_dataset(Path("data/raw"), Path("data/prepared"), tasks=tasks, params=everything.prepare)
     for task, info in manifest["tasks"].items():
         print(f"prepare {task}: lesion pixels {info['pixels']}, core pixels {info['core_pixels']}")
 

@@ -3,20 +3,20 @@
 from pathlib import Path
 
 from retinaseg import params, stage
-from retinaseg.training import train_task
+from retinaseg.training import Outputs, train_task
 
-#: Blocks recorded with the MLflow run: everything that shaped the model.
+#: Blocks recorded with the MLflow run, as written in params.yaml: everything that shaped the model.
 LOGGED_BLOCKS = ("data", "prepare", "augment", "model", "train")
 
 
 def main(argv: list[str]) -> None:
-    (task,) = argv
-    everything = params.validate(params.read())
-    logged = params.flatten({block: everything[block] for block in LOGGED_BLOCKS})
-    logged.update(params.flatten({"task": {task: everything["tasks"][task]}}))
+    (task_name,) = argv
+    everything = params.load()
+    task = everything.task(task_name)
     train_task(task, prepared_dir=Path("data/prepared"), augmented_dir=Path("data/augmented"),
-               model_dir=Path("models") / task, curve_path=Path("metrics") / task / "train_curve.tsv",
-               model_params=everything["model"], train_params=everything["train"], logged_params=logged)
+               outputs=Outputs(Path("models") / task.name, Path("metrics") / task.name / "train_curve.tsv"),
+               model_params=everything.model, train_params=everything.train,
+               logged_params=params.as_written(LOGGED_BLOCKS, task.name))
 
 
 if __name__ == "__main__":

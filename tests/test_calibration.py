@@ -81,6 +81,19 @@ def test_command_line_prints_the_figures_as_json(realistic: Path, capsys: pytest
 def test_ids_accept_ranges_and_lists() -> None:
     assert parse_ids("1-3,7, 5") == [1, 2, 3, 5, 7]
     assert parse_ids("27") == [27]
-    for bad in ("", "3-1", "a", "1-"):
-        with pytest.raises(argparse.ArgumentTypeError, match="list of image ids"):
-            parse_ids(bad)
+    assert parse_ids("88-89") == [88, 89]
+
+
+@pytest.mark.parametrize("bad", [
+    "", "3-1", "a", "-3", "1,,2", "0", "90", "80-90",  # ids are 1..89, as in prepare.train_ids
+    "1-",
+])
+def test_ids_refuse_what_is_no_list_of_dataset_ids(bad: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=r"list of image ids .*\(ids 1\.\.89\)"):
+        parse_ids(bad)
+
+
+def test_command_line_refuses_bad_ids_naming_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        calibration.main([str(tmp_path), "--ids", "0-3"])
+    assert "--ids" in capsys.readouterr().err

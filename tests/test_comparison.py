@@ -2,7 +2,12 @@
 
 import math
 
+import numpy as np
+
 from retinaseg import comparison
+from retinaseg.atomic import write_json
+from retinaseg.score import Scoring, score
+from retinaseg.tasks import Task
 
 ROW = {"variant": "binary", "init_from": "scratch", "class": "hemorrhages", "threshold": 0.35, "target_f1": 0.4,
        **{f"{s}_per_image": 0.3 for s in comparison.SCORES}, **{f"core_{s}": 0.5 for s in comparison.SCORES},
@@ -25,3 +30,28 @@ def test_table_labels_the_published_row_with_its_data():
     assert "| binary | scratch | hemorrhages | 0.35 | 0.500 |" in synthetic
     assert "| 2.00 | 1.80 |" in synthetic  # predicted and core share of the field of view, in %
     assert "not comparable" not in comparison.markdown([ROW], real_data=True)
+
+
+def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
+    """comparison_rows and score agree on eval.json's keys: two 16x16 images, one false-positive blob."""
+    core = np.zeros((2, 16, 16, 1), np.uint8)
+    core[0, 4:7, 4:7] = core[1, 9:12, 9:12] = 1
+    images = np.full((2, 16, 16, 3), 120, np.uint8)
+    reference = {"images": images, "ids": np.array([1, 2], np.int32), "fov": np.ones((16, 16), bool),
+                 "binary": core, "core_binary": core}
+    probabilities = core.astype(np.float32)
+    probabilities[1, 1:3, 1:4] = 0.9  # 6 false-positive pixels beside 9 + 9 found
+    task = Task("binary", {"hemorrhages": ("hemorrhages",)})
+    summary, _, _ = score(reference, probabilities, task, Scoring({"hemorrhages": 0.35}, "params", 1.0, 1, False, 11),
+                          "binary", 0.75)
+    write_json(tmp_path / "metrics" / "binary" / "eval.json", summary)
+    write_json(tmp_path / "models" / "binary" / "run.json",
+               {"task": "binary", "train_seconds": 12.0, "epochs": 3, "parameters": 1000,
+                "mixed_precision": "float32", "run_id": "0" * 32})
+    [row] = comparison.comparison_rows(tmp_path / "metrics", tmp_path / "models", ["binary"])
+    assert row["class"] == "hemorrhages" and row["threshold"] == 0.35 and row["init_from"] == "scratch"
+    assert row["core_precision"] == 18 / 24 and row["core_recall"] == 1.0 and row["core_f1"] == 36 / 42
+    assert row["core_lesion_sensitivity"] == 1.0 and row["core_fp_components_per_image"] == 0.5
+    assert row["target_f1"] == row["core_f1"] and row["predicted_fov_share"] == 24 / 512
+    assert "| binary | scratch | hemorrhages | 0.35 | 0.857 | 0.750 | 1.000 | 1.000 | 0.500 |" in \
+        comparison.markdown([row], real_data=False)

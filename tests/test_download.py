@@ -21,6 +21,7 @@ from retinaseg import download as fetch
 from retinaseg import layout
 from retinaseg.dataset import DiaretDB1
 from retinaseg.download import download, extract_zip, fetch_dataset, sha256sum
+from retinaseg.params import DataParams
 from retinaseg.synthetic import build_archive, generate
 from helpers import one_line_error
 
@@ -36,6 +37,7 @@ class Server:
     files: dict[str, bytes] = field(default_factory=dict)
     ranges: bool = True
     cut_next_answer_at: int | None = None
+    cut_every_answer: bool = False  # keep cutting at cut_next_answer_at instead of only once
     requests: list[str | None] = field(default_factory=list)  # Range header of each request
     sent: int = 0
 
@@ -62,7 +64,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if state.cut_next_answer_at is not None:
-            body, state.cut_next_answer_at = body[: state.cut_next_answer_at], None
+            body = body[: state.cut_next_answer_at]
+            if not state.cut_every_answer:
+                state.cut_next_answer_at = None
         state.sent += len(body)  # before writing: the client may check it as soon as it has the bytes
         self.wfile.write(body)
 
@@ -110,14 +114,24 @@ def _files(root: Path) -> dict[str, bytes]:
 # --- download ------------------------------------------------------------------------------
 
 
-def test_download_with_correct_checksum(server: Server, archive: Path, tmp_path: Path) -> None:
+def _unverified(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Messages of the warnings ``download`` logs when it could not verify a file."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == fetch.__name__ and r.levelno == logging.WARNING and "not verified" in r.getMessage()]
+
+
+def test_download_with_correct_checksum(
+    server: Server, archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     data = archive.read_bytes()
     server.files["/a.zip"] = data
     dest = tmp_path / "cache" / "a.zip"
-    download(f"{server.url}/a.zip", dest, sha256=hashlib.sha256(data).hexdigest(), size=len(data), progress=False)
+    with caplog.at_level(logging.WARNING, logger=fetch.__name__):
+        download(f"{server.url}/a.zip", dest, sha256=hashlib.sha256(data).hexdigest(), size=len(data), progress=False)
     assert dest.read_bytes() == data
     assert not dest.with_name("a.zip.part").exists()
     assert server.requests == [None]
+    assert _unverified(caplog) == []
 
 
 def test_progress_bar_goes_to_stderr(server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,13 +142,50 @@ def test_progress_bar_goes_to_stderr(server: Server, tmp_path: Path, capsys: pyt
     assert captured.out == ""
 
 
-def test_unverified_download_logs_size_and_sha256(
-    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("size", [None, 7])
+def test_download_without_checksum_logs_that_it_is_not_verified(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int | None
 ) -> None:
+    """With no sha256 known the file is kept, and one warning names the url and the values to record."""
     server.files["/a.zip"] = b"payload"
+    url = f"{server.url}/a.zip"
     with caplog.at_level(logging.WARNING, logger=fetch.__name__):
-        download(f"{server.url}/a.zip", tmp_path / "a.zip", progress=False)
-    assert f"size=7 sha256={hashlib.sha256(b'payload').hexdigest()}" in caplog.text
+        download(url, tmp_path / "a.zip", sha256=None, size=size, progress=False)
+    assert (tmp_path / "a.zip").read_bytes() == b"payload"
+    [message] = _unverified(caplog)
+    assert message.startswith(f"{url} is not verified: ")
+    assert f"size=7 sha256={hashlib.sha256(b'payload').hexdigest()}" in message
+
+
+@pytest.mark.parametrize("size", [3, 10**6])
+def test_download_without_checksum_still_refuses_a_wrong_size(
+    server: Server, archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int
+) -> None:
+    data = archive.read_bytes()
+    server.files["/a.zip"] = data
+    url, dest = f"{server.url}/a.zip", tmp_path / "a.zip"
+    with caplog.at_level(logging.WARNING, logger=fetch.__name__):
+        one_line_error(lambda: download(url, dest, sha256=None, size=size, progress=False),
+                       url, f"has {len(data)} bytes instead of {size} and was deleted", fetch.PAGE_URL)
+    assert list(tmp_path.iterdir()) == []
+    assert _unverified(caplog) == []
+
+
+def test_download_without_checksum_or_size_still_fails_when_cut_short(
+    server: Server, archive: Path, tmp_path: Path, sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Content-Length still exposes a truncated answer: every attempt resumes, none is accepted as complete."""
+    data = archive.read_bytes()
+    assert len(data) > 4000
+    server.files["/a.zip"], server.cut_next_answer_at, server.cut_every_answer = data, 1000, True
+    url, dest = f"{server.url}/a.zip", tmp_path / "a.zip"
+    with caplog.at_level(logging.WARNING, logger=fetch.__name__):
+        one_line_error(lambda: download(url, dest, sha256=None, size=None, progress=False),
+                       url, "could not download", fetch.PAGE_URL)
+    assert not dest.exists()
+    assert (tmp_path / "a.zip.part").read_bytes() == data[:3000]  # kept for the next run to resume
+    assert server.requests == [None, "bytes=1000-", "bytes=2000-"] and sleeps == [1, 2]
+    assert _unverified(caplog) == []
 
 
 @pytest.mark.parametrize(("sha256", "size", "problem"), [("0" * 64, None, "sha256"), (None, 3, "bytes instead of 3")])
@@ -266,8 +317,13 @@ def test_missing_zip_is_reported(tmp_path: Path) -> None:
 # --- fetch_dataset -------------------------------------------------------------------------
 
 
+def _data(source: str, **overrides: object) -> DataParams:
+    return DataParams(**{"source": source, "seed": 5, "num_images": NUM, "image_width": SIZE[0],
+                         "image_height": SIZE[1], "synthetic": "realistic", **overrides})
+
+
 def _fetch(source: str, out_dir: Path, cache_dir: Path) -> None:
-    fetch_dataset(source, out_dir, cache_dir=cache_dir, seed=5, num_images=NUM, size=SIZE)
+    fetch_dataset(_data(source), out_dir, cache_dir=cache_dir)
 
 
 def test_fetch_synthetic_generates_the_dataset_root(generated: Path, tmp_path: Path) -> None:
@@ -276,6 +332,15 @@ def test_fetch_synthetic_generates_the_dataset_root(generated: Path, tmp_path: P
     _fetch("synthetic", out, tmp_path / "cache")
     assert _files(out) == _files(generated)
     assert DiaretDB1(out).root == out
+
+
+def test_fetch_synthetic_takes_every_setting_from_the_data_block(tmp_path: Path) -> None:
+    data = _data("synthetic", seed=7, num_images=3, image_width=64, image_height=48, synthetic="easy")
+    fetch_dataset(data, tmp_path / "raw", cache_dir=tmp_path / "cache")
+    generate(tmp_path / "expected", num_images=3, size=(64, 48), seed=7, style="easy")
+    assert _files(tmp_path / "raw") == _files(tmp_path / "expected")
+    assert DiaretDB1(tmp_path / "raw").read_image(3).shape == (48, 64, 3)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_fetch_from_a_zip_path_installs_the_root_itself(archive: Path, generated: Path, tmp_path: Path) -> None:
@@ -299,11 +364,16 @@ def test_fetch_from_a_folder_copies_the_root(generated: Path, tmp_path: Path, ne
     assert _files(source)  # the source is copied, not moved
 
 
+@pytest.mark.parametrize("recorded", [False, True])
 def test_fetch_diaretdb1_downloads_once_then_reuses_the_cache(
-    server: Server, archive: Path, generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: Server, archive: Path, generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded: bool
 ) -> None:
-    server.files["/official.zip"] = archive.read_bytes()
+    """Whether or not the official size and sha256 are recorded, a complete cached archive is reused."""
+    data = archive.read_bytes()
+    server.files["/official.zip"] = data
     monkeypatch.setattr(fetch, "ARCHIVE_URL", f"{server.url}/official.zip")
+    monkeypatch.setattr(fetch, "ARCHIVE_SHA256", hashlib.sha256(data).hexdigest() if recorded else None)
+    monkeypatch.setattr(fetch, "ARCHIVE_SIZE", len(data) if recorded else None)
     _fetch("diaretdb1", tmp_path / "raw", tmp_path / "cache")
     _fetch("diaretdb1", tmp_path / "raw2", tmp_path / "cache")
     assert server.requests == [None]
@@ -311,19 +381,57 @@ def test_fetch_diaretdb1_downloads_once_then_reuses_the_cache(
     assert _files(tmp_path / "raw") == _files(tmp_path / "raw2") == _files(generated)
 
 
+@pytest.mark.parametrize("known", ["sha256", "size"])
 def test_fetch_diaretdb1_replaces_a_cached_file_that_fails_verification(
-    server: Server, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: Server, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, known: str
 ) -> None:
+    """A known sha256 or, without one, a known size is enough to refuse an older cached file."""
     data = archive.read_bytes()
     server.files["/official.zip"] = data
     monkeypatch.setattr(fetch, "ARCHIVE_URL", f"{server.url}/official.zip")
-    monkeypatch.setattr(fetch, "ARCHIVE_SHA256", hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(fetch, "ARCHIVE_SHA256", hashlib.sha256(data).hexdigest() if known == "sha256" else None)
+    monkeypatch.setattr(fetch, "ARCHIVE_SIZE", len(data) if known == "size" else None)
     cached = tmp_path / "cache" / layout.ARCHIVE_NAME
     cached.parent.mkdir()
     cached.write_bytes(b"an older, different file")
     _fetch("diaretdb1", tmp_path / "raw", tmp_path / "cache")
     assert cached.read_bytes() == data and server.requests == [None]
     assert DiaretDB1(tmp_path / "raw").image_ids() == list(range(1, NUM + 1))
+
+
+def test_fetch_diaretdb1_without_checksum_refuses_a_download_of_the_wrong_size(
+    server: Server, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = archive.read_bytes()
+    server.files["/official.zip"] = data[:-1]
+    url = f"{server.url}/official.zip"
+    monkeypatch.setattr(fetch, "ARCHIVE_URL", url)
+    monkeypatch.setattr(fetch, "ARCHIVE_SHA256", None)
+    monkeypatch.setattr(fetch, "ARCHIVE_SIZE", len(data))
+    one_line_error(lambda: _fetch("diaretdb1", tmp_path / "raw", tmp_path / "cache"),
+                   url, f"{len(data) - 1} bytes instead of {len(data)}")
+    assert list((tmp_path / "cache").iterdir()) == [] and not (tmp_path / "raw").exists()
+
+
+def test_fetch_diaretdb1_without_checksum_still_checks_the_zip(
+    server: Server, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no sha256 and size known, a complete answer that is a truncated zip is caught when unpacking."""
+    truncated = archive.read_bytes()[: archive.stat().st_size // 2]
+    server.files["/official.zip"] = truncated
+    url = f"{server.url}/official.zip"
+    monkeypatch.setattr(fetch, "ARCHIVE_URL", url)
+    monkeypatch.setattr(fetch, "ARCHIVE_SHA256", None)
+    monkeypatch.setattr(fetch, "ARCHIVE_SIZE", None)
+    cached = tmp_path / "cache" / layout.ARCHIVE_NAME
+    with caplog.at_level(logging.WARNING, logger=fetch.__name__):
+        one_line_error(lambda: _fetch("diaretdb1", tmp_path / "raw", tmp_path / "cache"),
+                       str(cached), "corrupt or truncated zip", "delete it and download it again")
+    [message] = _unverified(caplog)
+    assert message.startswith(f"{url} is not verified: ")
+    assert f"size={len(truncated)} sha256={hashlib.sha256(truncated).hexdigest()}" in message
+    assert not (tmp_path / "raw").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 
 def test_fetch_from_a_bad_zip_keeps_the_previous_output(generated: Path, tmp_path: Path) -> None:

@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 from keras import ops
 
-from retinaseg.errors import PipelineError
 from retinaseg.losses import (
     EPSILON,
-    LOSS_NAMES,
     build_loss,
     class_weights_from_masks,
     dice_coefficient,
 )
+from retinaseg.params import LOSSES
+from retinaseg.tasks import Task
+
+BINARY = Task("binary", {"hemorrhages": ["hemorrhages"]})
+MULTICLASS = Task("multiclass", {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]})
 
 
 def value(tensor) -> float:
@@ -47,7 +50,7 @@ def test_dice_of_empty_masks_is_one_with_smooth():
 def test_dice_of_perfect_prediction_is_one_and_dice_loss_zero():
     truth = binary([1, 0, 1, 1])
     assert value(dice_coefficient(truth, truth)) == pytest.approx(1.0)
-    assert value(build_loss("dice", 1)(truth, truth)) == pytest.approx(0.0, abs=1e-6)
+    assert value(build_loss("dice", BINARY)(truth, truth)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_dice_pools_the_batch_instead_of_averaging_samples():
@@ -68,26 +71,26 @@ def test_bce_matches_numpy():
     truth = binary([1, 0, 0, 1])
     pred = binary([0.9, 0.2, 0.6, 0.1])
     expected = -np.mean(np.log([0.9, 0.8, 0.4, 0.1]))
-    assert value(build_loss("bce", 1)(truth, pred)) == pytest.approx(expected, rel=1e-6)
+    assert value(build_loss("bce", BINARY)(truth, pred)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_bce_clips_certain_wrong_predictions():
-    loss = value(build_loss("bce", 1)(binary([1]), binary([0])))
+    loss = value(build_loss("bce", BINARY)(binary([1]), binary([0])))
     assert loss == pytest.approx(-math.log(EPSILON), rel=1e-5)
 
 
 def test_dice_bce_is_the_sum_of_its_parts():
     truth = binary([1, 0, 1, 0])
     pred = binary([0.8, 0.3, 0.4, 0.1])
-    parts = value(build_loss("dice", 1)(truth, pred)) + value(build_loss("bce", 1)(truth, pred))
-    assert value(build_loss("dice_bce", 1)(truth, pred)) == pytest.approx(parts, rel=1e-6)
+    parts = value(build_loss("dice", BINARY)(truth, pred)) + value(build_loss("bce", BINARY)(truth, pred))
+    assert value(build_loss("dice_bce", BINARY)(truth, pred)) == pytest.approx(parts, rel=1e-6)
 
 
 def test_weighted_bce_scales_the_positive_term():
     truth = binary([1, 0])
     pred = binary([0.25, 0.5])
-    plain = value(build_loss("bce", 1)(truth, pred))
-    weighted = value(build_loss("weighted_bce", 1, [4.0])(truth, pred))
+    plain = value(build_loss("bce", BINARY)(truth, pred))
+    weighted = value(build_loss("weighted_bce", BINARY, [4.0])(truth, pred))
     expected = -(4.0 * math.log(0.25) + math.log(0.5)) / 2
     assert weighted == pytest.approx(expected, rel=1e-6)
     assert weighted > plain
@@ -97,49 +100,44 @@ def test_cce_matches_numpy():
     truth = one_hot([0, 1, 2])
     pred = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]], dtype="float32")[None, None]
     expected = -np.mean(np.log([0.7, 0.4, 0.6]))
-    assert value(build_loss("cce", 3)(truth, pred)) == pytest.approx(expected, rel=1e-6)
+    assert value(build_loss("cce", MULTICLASS)(truth, pred)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_weighted_cce_raises_the_cost_of_missed_lesions():
     truth = one_hot([0, 1])
     pred = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1]], dtype="float32")[None, None]
-    plain = value(build_loss("cce", 3)(truth, pred))
-    weighted = value(build_loss("weighted_cce", 3, [1.0, 5.0, 5.0])(truth, pred))
+    plain = value(build_loss("cce", MULTICLASS)(truth, pred))
+    weighted = value(build_loss("weighted_cce", MULTICLASS, [1.0, 5.0, 5.0])(truth, pred))
     assert weighted == pytest.approx(-(math.log(0.8) + 5.0 * math.log(0.2)) / 2, rel=1e-6)
     assert weighted > plain
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", LOSSES)
 def test_bfloat16_inputs_give_float32_results(name: str):
     truth = ops.cast(one_hot([0, 1, 2, 1]), "bfloat16")
     pred = ops.cast(one_hot([0, 1, 1, 1]) * 0.8 + 0.2 / 3, "bfloat16")
-    loss = build_loss(name, 3, [1.0, 2.0, 3.0])
+    loss = build_loss(name, MULTICLASS, [1.0, 2.0, 3.0])
     assert ops.convert_to_numpy(loss(truth, pred)).dtype == np.float32
     assert ops.convert_to_numpy(dice_coefficient(truth, pred)).dtype == np.float32
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", LOSSES)
 def test_loss_carries_its_name(name: str):
-    assert build_loss(name, 3, [1.0, 2.0, 3.0]).__name__ == name
+    assert build_loss(name, MULTICLASS, [1.0, 2.0, 3.0]).__name__ == name
 
 
-@pytest.mark.parametrize("name", ["cce", "weighted_cce"])
-def test_categorical_losses_rejected_for_binary(name: str):
-    with pytest.raises(PipelineError, match="train.loss") as error:
-        build_loss(name, 1, [2.0])
-    assert "dice, bce, dice_bce, weighted_bce" in str(error.value)
-    assert "cce," not in str(error.value)
+@pytest.mark.parametrize("task, weights", [(MULTICLASS, None), (MULTICLASS, [1.0, 2.0]), (BINARY, [1.0, 2.0])])
+def test_weighted_loss_needs_one_weight_per_plane(task: Task, weights):
+    name = "weighted_cce" if task.is_multiclass else "weighted_bce"
+    with pytest.raises(ValueError, match=rf"needs {task.num_planes} class weight"):
+        build_loss(name, task, weights)
 
 
-def test_unknown_loss_rejected_with_allowed_values():
-    with pytest.raises(PipelineError, match=r"train\.loss.*weighted_cce"):
-        build_loss("focal", 3)
-
-
-@pytest.mark.parametrize("weights", [None, [1.0, 2.0]])
-def test_weighted_loss_needs_one_weight_per_plane(weights):
-    with pytest.raises(PipelineError, match=r"train\.loss: 'weighted_cce' needs 3"):
-        build_loss("weighted_cce", 3, weights)
+def test_unweighted_losses_ignore_class_weights():
+    truth = binary([1, 0])
+    pred = binary([0.25, 0.5])
+    assert value(build_loss("bce", BINARY, [4.0])(truth, pred)) == pytest.approx(
+        value(build_loss("bce", BINARY)(truth, pred)))
 
 
 @pytest.fixture
@@ -154,7 +152,7 @@ def test_keras_logs_the_metric_as_dice_under_mixed_precision():
     inputs = keras.Input((4, 4, 1))
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="mixed_bfloat16")(inputs)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer="sgd", loss=build_loss("dice_bce", 1), metrics=[dice_coefficient])
+    model.compile(optimizer="sgd", loss=build_loss("dice_bce", BINARY), metrics=[dice_coefficient])
     masks = (np.arange(32).reshape(2, 4, 4, 1) % 3 == 0).astype("float32")
     history = model.fit(masks, masks, epochs=1, verbose=0)
     assert set(history.history) == {"loss", "dice"}

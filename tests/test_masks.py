@@ -1,6 +1,10 @@
 import numpy as np
 
 from retinaseg import masks
+from retinaseg.tasks import Task
+
+BINARY = Task("binary", {"hemorrhages": ["hemorrhages"]})
+MULTICLASS = Task("multiclass", {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]})
 
 
 def test_binarize_uses_fraction_of_full_scale():
@@ -11,9 +15,9 @@ def test_binarize_uses_fraction_of_full_scale():
 
 def test_one_class_task_keeps_a_single_plane():
     lesions = {"hemorrhages": np.array([[1, 0]], bool), "redsmalldots": np.array([[0, 1]], bool)}
-    planes = masks.class_planes(lesions, {"hemorrhages": ["hemorrhages"]})
+    planes = masks.class_planes(lesions, BINARY)
+    assert planes.dtype == np.uint8
     assert planes.shape == (1, 2, 1) and planes[..., 0].tolist() == [[1, 0]]
-    assert masks.class_names({"hemorrhages": ["hemorrhages"]}) == ["hemorrhages"]
 
 
 def test_several_classes_get_background_and_exclusive_planes():
@@ -23,9 +27,8 @@ def test_several_classes_get_background_and_exclusive_planes():
         "hardexudates": np.array([[0, 0, 0, 1]], bool),
         "softexudates": np.array([[0, 0, 0, 0]], bool),
     }
-    classes = {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]}
-    planes = masks.class_planes(lesions, classes)
-    assert masks.class_names(classes) == ["background", "red", "bright"]
+    planes = masks.class_planes(lesions, MULTICLASS)
+    assert planes.shape == (1, 4, len(MULTICLASS.plane_names))  # background, red, bright
     # Pixel 3 is both red and bright: the class listed first (red) keeps it.
     assert planes[0].tolist() == [[0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0]]
     assert (planes.sum(axis=-1) == 1).all()
@@ -36,10 +39,9 @@ def test_confidence_planes_take_the_strongest_member_and_leave_background_the_re
                   "redsmalldots": np.array([[42, 63, 0]], np.uint8),
                   "hardexudates": np.array([[0, 210, 42]], np.uint8),
                   "softexudates": np.zeros((1, 3), np.uint8)}
-    one = masks.confidence_planes(confidence, {"red": ["hemorrhages", "redsmalldots"]})
-    assert one[..., 0].tolist() == [[42, 105, 252]]
-    several = masks.confidence_planes(confidence, {"red": ["hemorrhages", "redsmalldots"],
-                                                   "bright": ["hardexudates", "softexudates"]})
+    one = masks.confidence_planes(confidence, Task("red", {"red": ["hemorrhages", "redsmalldots"]}))
+    assert one.shape == (1, 3, 1) and one[..., 0].tolist() == [[42, 105, 252]]
+    several = masks.confidence_planes(confidence, MULTICLASS)
     # pixel 1: red 105 + bright 210 exceeds full scale, so bright keeps only the 150 left
     assert several[0].tolist() == [[213, 42, 0], [0, 105, 150], [0, 252, 3]]
     assert (several.astype(int).sum(axis=-1) == 255).all()

@@ -435,9 +435,3 @@ def test_pr_accumulator_rejects_bad_input():
         accumulator.update(np.array([0.5]), np.array([1]))
     assert accumulator.positives.sum() == accumulator.negatives.sum() == 0
 
-
-def test_lesion_planes_skip_the_background_of_several_classes():
-    from retinaseg.metrics import lesion_planes, output_kind
-
-    assert lesion_planes(1) == [0] and output_kind(1) == "binary"
-    assert lesion_planes(3) == [1, 2] and output_kind(3) == "multiclass"

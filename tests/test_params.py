@@ -1,11 +1,15 @@
 import copy
+import math
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from retinaseg import params
-from retinaseg.errors import PipelineError
+from retinaseg.params import AugmentParams, DataParams, Params, PrepareParams
+from retinaseg.tasks import Task
+from helpers import one_line_error
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -15,8 +19,24 @@ def defaults():
     return yaml.safe_load((PROJECT / "params.yaml").read_text())
 
 
+def rejected(defaults, block, key, value, *fragments):
+    """Validate ``defaults`` with ``block.key`` set to ``value``; return the one-line error."""
+    bad = copy.deepcopy(defaults)
+    bad[block][key] = value
+    return one_line_error(lambda: params.validate(bad), "params.yaml: ", *fragments)
+
+
 def test_project_params_are_valid(defaults):
-    assert params.validate(defaults) is defaults
+    loaded = params.validate(defaults)
+    assert isinstance(loaded, Params)
+    assert loaded.model.depth == defaults["model"]["depth"]
+    assert loaded.augment.zoom == tuple(defaults["augment"]["zoom"])
+    assert loaded.transfer.init_from == defaults["transfer"]["init_from"]
+    assert params.load(PROJECT / "params.yaml") == loaded
+
+
+def test_read_returns_the_plain_yaml(defaults):
+    assert params.read(PROJECT / "params.yaml") == defaults
 
 
 @pytest.mark.parametrize("block, key, value, expected", [
@@ -25,42 +45,128 @@ def test_project_params_are_valid(defaults):
     ("train", "mixed_precision", "float16", "train.mixed_precision = 'float16'"),
     ("prepare", "threshold", 1.5, "prepare.threshold = 1.5"),
     ("prepare", "train_ids", "0-27", "prepare.train_ids = '0-27'"),
+    ("prepare", "train_ids", "1-90", "prepare.train_ids = '1-90' is not allowed; expected 'official' or id ranges"),
     ("augment", "zoom", [1.0, 0.7], "augment.zoom"),
     ("model", "batch_norm", "yes", "model.batch_norm = 'yes' is not allowed; expected true | false"),
     ("transfer", "freeze_encoder_epochs", -1, "transfer.freeze_encoder_epochs = -1"),
     ("transfer", "init_from", "imagenet", "transfer.init_from = 'imagenet' is not a task; expected one of binary"),
+    ("evaluate", "threshold", 2, "evaluate.threshold = 2 is not allowed; expected auto"),
+    ("data", "source", " ", "data.source = ' ' is not allowed; expected synthetic | diaretdb1"),
 ])
 def test_bad_value_names_key_and_allowed_values(defaults, block, key, value, expected):
-    bad = copy.deepcopy(defaults)
-    bad[block][key] = value
-    with pytest.raises(PipelineError, match=expected.replace("|", r"\|").replace("[", r"\[")):
-        params.validate(bad)
+    rejected(defaults, block, key, value, expected)
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("synthetic", "photo", "realistic | easy"),
+    ("num_images", 1, "an integer from 2 to 89"),
+    ("num_images", 90, "an integer from 2 to 89"),
+    ("num_images", 0, "an integer from 2 to 89"),
+    ("image_width", 16, "an integer from 32 to 6000"),
+    ("image_height", 31, "an integer from 32 to 6000"),
+    ("image_width", 6001, "an integer from 32 to 6000"),
+])
+def test_data_limits_of_the_synthetic_generator(defaults, key, value, allowed):
+    """The generator no longer checks its arguments: the data block is where these limits live."""
+    rejected(defaults, "data", key, value, f"data.{key} = {value!r} is not allowed; expected {allowed}")
+
+
+@pytest.mark.parametrize("key, value", [("num_images", 2), ("num_images", 89), ("image_width", 32),
+                                        ("image_height", 6000), ("synthetic", "easy")])
+def test_data_limits_are_inclusive(defaults, key, value):
+    good = copy.deepcopy(defaults)
+    good["data"][key] = value
+    assert getattr(params.validate(good).data, key) == value
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("copies", -1, "an integer from 0 to 100"),
+    ("copies", 1.5, "an integer from 0 to 100"),
+    ("copies", True, "an integer from 0 to 100"),
+    ("seed", -1, "an integer from 0 to 2147483647"),
+    ("zoom", [1.0, 0.7], "[min, max] with 0.1 <= min <= max <= 2"),
+    ("zoom", [0.0, 1.0], "[min, max] with 0.1 <= min <= max <= 2"),
+    ("zoom", [0.7, 2.5], "[min, max] with 0.1 <= min <= max <= 2"),
+    ("zoom", [0.7], "[min, max] with 0.1 <= min <= max <= 2"),
+    ("zoom", 0.8, "[min, max] with 0.1 <= min <= max <= 2"),
+    ("brightness", 1.0, "a number from 0 to 0.99"),
+    ("brightness", -0.1, "a number from 0 to 0.99"),
+    ("contrast", 1.0, "a number from 0 to 0.99"),
+    ("rotation_deg", -5.0, "a number from 0 to 180"),
+    ("rotation_deg", 181, "a number from 0 to 180"),
+    ("shift", 1.5, "a number from 0 to 0.5"),
+    ("shift", 0.6, "a number from 0 to 0.5"),  # the old augment code allowed shift <= 1
+    ("shear_deg", 90.0, "a number from 0 to 45"),
+    ("shear_deg", 50, "a number from 0 to 45"),  # the old augment code allowed shear < 90
+    ("shear_deg", math.nan, "a number from 0 to 45"),
+    ("horizontal_flip", 1, "true | false"),
+])
+def test_augment_limits_are_checked_by_params(defaults, key, value, allowed):
+    """augment() no longer checks its ranges: every bad range is refused here, naming the key."""
+    rejected(defaults, "augment", key, value, f"augment.{key} = {value!r} is not allowed; expected {allowed}")
+
+
+@pytest.mark.parametrize("update", [{"shift": 0.6}, {"shear_deg": 50.0}, {"zoom": (1.0, 0.7)}, {"copies": -1}])
+def test_a_block_built_in_code_obeys_the_same_limits(defaults, update):
+    """The limit lives on the field, so a block constructed directly is checked like one read from YAML."""
+    fields = {**params.validate(defaults).augment.model_dump(), **update}
+    with pytest.raises(ValidationError, match=next(iter(update))):
+        AugmentParams(**fields)
+
+
+@pytest.mark.parametrize("block, key, value", [
+    ("train", "lr", "0.001"),
+    ("train", "epochs", "15"),
+    ("train", "epochs", 15.0),
+    ("model", "depth", True),
+    ("data", "seed", "0"),
+    ("evaluate", "threshold", "0.5"),
+    ("prepare", "crop_to_fundus", "true"),
+    ("prepare", "train_ids", True),
+])
+def test_wrong_type_is_rejected_naming_the_key(defaults, block, key, value):
+    """Values are not coerced: a quoted number or a bool for an integer is an error, not a silent conversion."""
+    rejected(defaults, block, key, value, f"{block}.{key} = {value!r} is not allowed; expected ")
 
 
 def test_unknown_key_lists_allowed_keys(defaults):
     bad = copy.deepcopy(defaults)
     bad["model"]["deph"] = 4
-    with pytest.raises(PipelineError, match=r"unknown key 'model.deph'; allowed keys: depth, base_filters"):
-        params.validate(bad)
+    one_line_error(lambda: params.validate(bad),
+                   "unknown key 'model.deph'; allowed keys: depth, base_filters, dropout, batch_norm, upsampling")
 
 
 def test_missing_key_and_unknown_block(defaults):
     bad = copy.deepcopy(defaults)
     del bad["train"]["lr"]
-    with pytest.raises(PipelineError, match=r"missing key 'train.lr'"):
-        params.validate(bad)
+    one_line_error(lambda: params.validate(bad), "missing key 'train.lr' (a number from 1e-07 to 1.0)")
     bad = copy.deepcopy(defaults)
     bad["trian"] = {}
-    with pytest.raises(PipelineError, match=r"unknown block 'trian'"):
-        params.validate(bad)
+    one_line_error(lambda: params.validate(bad), "unknown block 'trian'; allowed blocks: data, tasks, prepare")
+
+
+def test_missing_or_malformed_block(defaults):
+    bad = copy.deepcopy(defaults)
+    del bad["model"]
+    one_line_error(lambda: params.validate(bad), "missing block 'model' with keys depth, base_filters")
+    bad = copy.deepcopy(defaults)
+    bad["model"] = 4
+    one_line_error(lambda: params.validate(bad), "'model' must be a mapping with keys depth, base_filters")
+
+
+def test_errors_name_the_source_file(defaults, tmp_path):
+    bad = copy.deepcopy(defaults)
+    bad["model"]["depth"] = 9
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    one_line_error(lambda: params.load(path), f"{path}: model.depth = 9")
 
 
 def test_image_size_must_divide_by_two_to_the_depth(defaults):
     bad = copy.deepcopy(defaults)
     bad["prepare"]["image_size"] = 200
     bad["model"]["depth"] = 4
-    with pytest.raises(PipelineError, match=r"prepare.image_size = 200 is not divisible by 2\^model.depth = 16"):
-        params.validate(bad)
+    one_line_error(lambda: params.validate(bad), "prepare.image_size = 200 is not divisible by 2^model.depth = 16")
     bad["model"]["depth"] = 3
     params.validate(bad)
 
@@ -68,8 +174,7 @@ def test_image_size_must_divide_by_two_to_the_depth(defaults):
 def test_categorical_loss_needs_several_classes(defaults):
     bad = copy.deepcopy(defaults)
     bad["train"]["loss"] = "cce"
-    with pytest.raises(PipelineError, match=r"train.loss = 'cce' needs several classes but task 'binary'"):
-        params.validate(bad)
+    one_line_error(lambda: params.validate(bad), "train.loss = 'cce' needs several classes but task 'binary'")
     del bad["tasks"]["binary"]
     bad["transfer"]["init_from"] = "multiclass"
     params.validate(bad)
@@ -78,26 +183,115 @@ def test_categorical_loss_needs_several_classes(defaults):
 def test_tasks_name_known_lesion_types(defaults):
     bad = copy.deepcopy(defaults)
     bad["tasks"]["multiclass"]["red"] = ["hemorrhage"]
-    with pytest.raises(PipelineError, match=r"tasks.multiclass.red = \['hemorrhage'\].*hardexudates"):
-        params.validate(bad)
+    one_line_error(lambda: params.validate(bad), "tasks.multiclass.red = ['hemorrhage']; expected a list of "
+                   "lesion types from hardexudates, softexudates, hemorrhages, redsmalldots")
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda tasks: tasks.clear(), "'tasks' must map task names to {class: [lesion types]}"),
+    (lambda tasks: tasks.update(binary={}), "tasks.binary must map class names to lists of lesion types"),
+    (lambda tasks: tasks.update(binary=["hemorrhages"]), "tasks.binary must map class names"),
+    (lambda tasks: tasks["multiclass"].update(background=["hemorrhages"]),
+     "tasks.multiclass.background is reserved; the background plane is added automatically"),
+    (lambda tasks: tasks["multiclass"].update(red="hemorrhages"), "tasks.multiclass.red = 'hemorrhages'; expected"),
+    (lambda tasks: tasks["multiclass"].update(red=[]), "tasks.multiclass.red = []; expected a list of lesion types"),
+])
+def test_tasks_errors(defaults, change, expected):
+    bad = copy.deepcopy(defaults)
+    change(bad["tasks"])
+    one_line_error(lambda: params.validate(bad), expected)
+
+
+def test_tasks_must_be_a_mapping(defaults):
+    bad = copy.deepcopy(defaults)
+    bad["tasks"] = ["binary"]
+    one_line_error(lambda: params.validate(bad), "'tasks' must map task names to {class: [lesion types]}")
+
+
+def test_encoder_cannot_stay_frozen_for_every_epoch(defaults):
+    bad = copy.deepcopy(defaults)
+    bad["transfer"]["freeze_encoder_epochs"] = bad["train"]["epochs"]
+    one_line_error(lambda: params.validate(bad), f"transfer.freeze_encoder_epochs = {bad['train']['epochs']} "
+                   "leaves no epoch")
 
 
 def test_load_reports_missing_file(tmp_path):
-    with pytest.raises(PipelineError, match=r"params.yaml: not found"):
-        params.load("train", tmp_path / "params.yaml")
+    one_line_error(lambda: params.load(tmp_path / "params.yaml"), f"{tmp_path / 'params.yaml'}: not found")
 
 
-@pytest.mark.parametrize("spec, expected", [("1-3", [1, 2, 3]), ("1-2,5", [1, 2, 5]), (4, [4]), ("official", None)])
-def test_train_ids(spec, expected):
-    assert params.train_ids(spec) == expected
+def test_load_reports_bad_yaml_and_a_file_that_is_no_mapping(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("model: [1,\n")
+    one_line_error(lambda: params.load(path), f"{path}: not valid YAML")
+    path.write_text("- 1\n")
+    one_line_error(lambda: params.load(path), f"{path}: expected a mapping of blocks data, tasks, prepare")
+
+
+def test_blocks_are_typed(defaults):
+    loaded = params.load(PROJECT / "params.yaml")
+    assert type(loaded.train.lr) is float and loaded.train.lr == defaults["train"]["lr"]
+    assert type(loaded.train.epochs) is int and type(loaded.train.jit_compile) is bool
+    assert type(loaded.augment.zoom) is tuple and all(type(z) is float for z in loaded.augment.zoom)
+    assert loaded.augment.zoom == tuple(defaults["augment"]["zoom"])
+    # an integer written for a float field is read as a float
+    assert type(loaded.augment.rotation_deg) is float and loaded.augment.rotation_deg == defaults["augment"]["rotation_deg"]
+    assert isinstance(loaded.data, DataParams) and isinstance(loaded.prepare, PrepareParams)
+    assert loaded.tasks["multiclass"] == {name: tuple(lesions) for name, lesions in
+                                          defaults["tasks"]["multiclass"].items()}
+
+
+def test_blocks_are_frozen():
+    loaded = params.load(PROJECT / "params.yaml")
+    with pytest.raises(ValidationError, match="frozen"):
+        loaded.train.lr = 0.1
+
+
+def test_task_returns_the_named_task():
+    loaded = params.load(PROJECT / "params.yaml")
+    task = loaded.task("multiclass")
+    assert isinstance(task, Task) and task.name == "multiclass"
+    assert task.plane_names == ["background", *loaded.tasks["multiclass"]]
+    one_line_error(lambda: loaded.task("ternary"), "no task 'ternary'", "known tasks: binary, multiclass")
+
+
+@pytest.mark.parametrize("spec, expected", [("1-3", [1, 2, 3]), ("1-2,5", [1, 2, 5]), (4, [4]), ("official", None),
+                                            ("3, 1-2", [1, 2, 3]), ("89", [89])])
+def test_train_id_list(defaults, spec, expected):
+    prepare = params.validate(defaults).prepare.model_copy(update={"train_ids": spec})
+    assert prepare.train_id_list == expected
+
+
+@pytest.mark.parametrize("text", ["", "0", "90", "3-1", "a", "-3", "1-90", "1,,2", None, True, 2.0,
+                                  "1-"])
+def test_parse_id_ranges_refuses_malformed_or_out_of_range(text):
+    assert params.parse_id_ranges(text) is None
+
+
+def test_as_written_keeps_values_as_the_file_writes_them(tmp_path, defaults):
+    flat = params.as_written(("train", "augment"), "binary", PROJECT / "params.yaml")
+    assert flat["train.lr"] == defaults["train"]["lr"]
+    assert flat["augment.rotation_deg"] == defaults["augment"]["rotation_deg"]
+    assert type(flat["augment.rotation_deg"]) is type(defaults["augment"]["rotation_deg"])
+    assert flat["augment.zoom"] == defaults["augment"]["zoom"]
+    assert flat["task.binary.hemorrhages"] == ["hemorrhages"]
+    assert not any(key.startswith(("model.", "task.multiclass", "data.")) for key in flat)
 
 
 def test_flatten():
     assert params.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": 3}) == {"a.b": 1, "a.c.d": [1, 2], "e": 3}
 
 
-def test_encoder_cannot_stay_frozen_for_every_epoch(defaults):
+
+def test_missing_tasks_block_says_what_tasks_must_be(defaults):
     bad = copy.deepcopy(defaults)
-    bad["transfer"]["freeze_encoder_epochs"] = bad["train"]["epochs"]
-    with pytest.raises(PipelineError, match=r"transfer.freeze_encoder_epochs = \d+ leaves no epoch"):
-        params.validate(bad)
+    del bad["tasks"]
+    one_line_error(lambda: params.validate(bad), "tasks")
+
+
+@pytest.mark.parametrize("change", [lambda tasks: tasks.update({1: {"red": ["hemorrhages"]}}),
+                                    lambda tasks: tasks["multiclass"].update({True: ["hemorrhages"]})])
+def test_a_task_or_class_name_that_yaml_reads_as_no_string_is_a_one_line_error(defaults, change):
+    """YAML reads ``1:`` as an int and ``yes:``/``on:`` as a bool key."""
+    bad = copy.deepcopy(defaults)
+    change(bad["tasks"])
+    one_line_error(lambda: params.validate(bad), "tasks.")

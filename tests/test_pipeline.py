@@ -1,4 +1,9 @@
-"""A real `dvc repro` of the whole pipeline on a tiny configuration, in a temporary git repo."""
+"""A real `dvc repro` of the whole pipeline on a tiny configuration, in a temporary git repo.
+
+The pipeline is reproduced once per session (``reproduced``); tests that only read it use
+it as it is, tests that change params or run experiments get their own copy (``workspace``),
+so every test holds in any order (the suite runs in random order).
+"""
 
 import json
 import os
@@ -43,24 +48,39 @@ def ran_stages(output):
     return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """The project copied into a fresh git repo, reproduced once on tiny data."""
-    repo = tmp_path_factory.mktemp("project")
+def commit(repo, message):
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """The project copied into a fresh git repo, reproduced once on tiny data and committed. Read only."""
+    repo = tmp_path_factory.mktemp("reproduced") / "project"
+    repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(PROJECT / name, repo / name)
     for folder in ("stages", "src", ".dvc"):
         shutil.copytree(PROJECT / folder, repo / folder, ignore=shutil.ignore_patterns("tmp", "cache", "__pycache__"))
     set_params(repo, TINY)
     run(["git", "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], repo)
+    commit(repo, "tiny")
     repo.joinpath("first_repro.log").write_text(run(["dvc", "repro"], repo).stdout)
+    commit(repo, "reproduced")
     return repo
 
 
+@pytest.fixture
+def workspace(reproduced, tmp_path):
+    """A private copy of the reproduced project (git history, DVC cache and MLflow store included)."""
+    copy = tmp_path / "project"
+    shutil.copytree(reproduced, copy, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
+    return copy
+
+
 @pytest.mark.slow
-def test_repro_writes_every_declared_output(repo):
+def test_repro_writes_every_declared_output(reproduced):
+    repo = reproduced
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
     assert {"data/raw", "data/prepared", "data/augmented", "models/binary", "metrics/comparison.md"} <= set(outs)
@@ -93,7 +113,8 @@ def test_repro_writes_every_declared_output(repo):
 
 
 @pytest.mark.slow
-def test_transfer_starts_from_the_binary_model_and_depends_on_it(repo):
+def test_transfer_starts_from_the_binary_model_and_depends_on_it(reproduced):
+    repo = reproduced
     binary = json.loads((repo / "models" / "binary" / "run.json").read_text())
     transfer = json.loads((repo / "models" / "multiclass_transfer" / "run.json").read_text())
     assert transfer["init_from"] == "binary" and transfer["init_from_run_id"] == binary["run_id"]
@@ -104,15 +125,17 @@ def test_transfer_starts_from_the_binary_model_and_depends_on_it(repo):
 
 
 @pytest.mark.slow
-def test_plots_show_renders_curves_and_overlays(repo):
-    run(["dvc", "plots", "show", "--out", "plots_html"], repo)
-    page = (repo / "plots_html" / "index.html").read_text()
+def test_plots_show_renders_curves_and_overlays(reproduced, tmp_path):
+    repo = reproduced
+    run(["dvc", "plots", "show", "--out", str(tmp_path / "plots")], repo)
+    page = (tmp_path / "plots" / "index.html").read_text()
     for fragment in ("train_curve.tsv", "pr_curves", "overlays", "comparison.png"):
         assert fragment in page, fragment
 
 
 @pytest.mark.slow
-def test_mlflow_holds_one_run_per_task_with_params_and_metrics(repo):
+def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
+    repo = reproduced
     import mlflow
     import numpy as np
     from mlflow.tracking import MlflowClient
@@ -143,42 +166,52 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(repo):
 
 
 @pytest.mark.slow
-def test_second_repro_runs_nothing_and_lr_change_reruns_only_training(repo):
-    assert ran_stages(run(["dvc", "repro"], repo).stdout) == []
-    set_params(repo, {"train": {"lr": 0.002}})
-    assert "train.lr" in run(["dvc", "params", "diff"], repo).stdout
-    assert ran_stages(run(["dvc", "repro"], repo).stdout) == [
+def test_second_repro_runs_nothing_and_lr_change_reruns_only_training(workspace):
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == []
+    set_params(workspace, {"train": {"lr": 0.002}})
+    assert "train.lr" in run(["dvc", "params", "diff"], workspace).stdout
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == [
         "compare", "evaluate@binary", "evaluate@multiclass", "evaluate@multiclass_transfer",
         "train@binary", "train@multiclass", "transfer"]
 
 
 @pytest.mark.slow
-def test_bad_param_fails_before_work_naming_the_key(repo):
-    set_params(repo, {"model": {"depth": 9}})
-    result = run(["dvc", "repro"], repo, check=False)
-    set_params(repo, {"model": {"depth": 2}})
+def test_bad_param_fails_before_work_naming_the_key(workspace):
+    set_params(workspace, {"model": {"depth": 9}})
+    result = run(["dvc", "repro"], workspace, check=False)
     assert result.returncode != 0
     assert "model.depth = 9 is not allowed; expected an integer from 2 to 6" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+    started = ran_stages(result.stdout)  # the first stage whose params changed stops at once
+    assert len(started) == 1 and started[0] in ("train@binary", "train@multiclass")
 
 
 @pytest.mark.slow
-def test_experiment_with_another_loss_is_listed(repo):
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], repo)
-    run(["dvc", "exp", "run", "-S", "train.loss=bce", "--name", "bce-loss"], repo)
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+def test_experiment_with_another_loss_is_listed(workspace):
+    run(["dvc", "exp", "run", "-S", "train.loss=bce", "--name", "bce-loss"], workspace)
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], workspace).stdout
     assert "bce-loss" in shown and "bce" in shown and "dice" in shown
 
 
 @pytest.mark.slow
-def test_temp_experiment_logs_into_the_workspace_store(repo):
+def test_temp_experiment_logs_into_the_workspace_store(workspace):
     from mlflow.tracking import MlflowClient
 
-    run(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.003", "--name", "temp-lr"], repo)
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    run(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.003", "--name", "temp-lr"], workspace)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace}/mlflow.db")
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
     tagged = client.search_runs([experiment.experiment_id], "tags.dvc_exp_name = 'temp-lr'")
     assert sorted(r.info.run_name for r in tagged) == sorted(VARIANTS)
     assert all(r.data.params["train.lr"] == "0.003" and "test_macro_f1" in r.data.metrics for r in tagged)
+
+
+@pytest.mark.slow
+def test_score_command_rewrites_the_evaluate_stage_eval_json(reproduced, tmp_path):
+    """The evaluate stage scores its prediction files with the same code as `python -m retinaseg.score`."""
+    for variant in VARIANTS:
+        task = json.loads((reproduced / "models" / variant / "run.json").read_text())["task"]
+        out = tmp_path / f"{variant}.json"
+        run([sys.executable, "-m", "retinaseg.score", "--reference", "data/prepared/test",
+             "--predictions", f"data/predictions/{variant}", "--task", task,
+             "--rules", f"metrics/{variant}/eval.json", "--out", str(out)], reproduced)
+        assert out.read_bytes() == (reproduced / "metrics" / variant / "eval.json").read_bytes()

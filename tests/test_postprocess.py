@@ -103,3 +103,34 @@ def test_lower_beta_chooses_a_higher_threshold():
     (dice_threshold,) = postprocess.choose_thresholds(ramp, core, fov, 1, [None] * 2, beta=1.0)
     (precise_threshold,) = postprocess.choose_thresholds(ramp, core, fov, 1, [None] * 2, beta=0.5)
     assert precise_threshold > dice_threshold
+
+
+def test_rules_threshold_then_clean_and_use_the_disc_only_when_asked():
+    probabilities = np.full((12, 12, 1), 0.1)
+    probabilities[0:3, 0:3] = 0.9     # centred on the disc
+    probabilities[6:8, 4:9] = 0.7     # a lesion off the disc
+    probabilities[10, 10] = 0.95      # one-pixel speck
+    probabilities[3:5, 8:11] = 0.45   # below the threshold
+    probabilities[0:2, 11] = 0.8      # outside the field of view
+    fov = np.ones((12, 12), dtype=bool)
+    fov[:, 11] = False
+    disc = np.zeros((12, 12), dtype=bool)
+    disc[0:4, 0:4] = True
+    strict = postprocess.Rules([0.5], min_component_px=2, drop_on_optic_disc=True).apply(probabilities, fov, disc)
+    assert strict.shape == (12, 12, 1)
+    assert strict.sum() == 2 * 5 and strict[6:8, 4:9].all()
+    kept_disc = postprocess.Rules([0.5], min_component_px=2).apply(probabilities, fov, disc)
+    assert kept_disc.sum() == 2 * 5 + 9, "the disc is ignored unless the rules drop disc hits"
+    loose = postprocess.Rules([0.5]).apply(probabilities, fov, None)
+    assert loose.sum() == 2 * 5 + 9 + 1, "min_component_px defaults to 1: specks stay"
+    assert postprocess.Rules([0.4]).apply(probabilities, fov, None).sum() == 2 * 5 + 9 + 1 + 6
+
+
+def test_rules_for_several_classes_give_one_plane_per_pixel():
+    probabilities = np.array([[0.8, 0.2, 0.0], [0.5, 0.3, 0.2], [0.0, 0.35, 0.65], [0.1, 0.1, 0.8]]).reshape(2, 2, 3)
+    fov = np.array([[True, True], [True, False]])
+    result = postprocess.Rules([0.3, 0.6]).apply(probabilities, fov, None)
+    assert np.argmax(result, axis=-1).tolist() == [[0, 1], [2, 0]]  # the last pixel is outside the fov
+    assert (result.sum(axis=-1) == 1).all()
+    with pytest.raises(ValueError, match="2 thresholds"):
+        postprocess.Rules([0.5]).apply(probabilities, fov, None)

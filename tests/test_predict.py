@@ -1,7 +1,15 @@
+"""predict: class planes and overlays of new images, from a model whose predictions are known.
+
+The model is a 1x1 convolution on the pixels (after the U-Net's own ``scale_to_unit``) with
+set weights: "bright" where green is high, "red" where blue is high. So a bright and a "red"
+spot painted on the test fundus must come back exactly where they were painted.
+"""
+
 import json
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -9,21 +17,37 @@ from scipy import ndimage
 
 from helpers import one_line_error
 from retinaseg import predict
-from retinaseg.model import build_unet
+from retinaseg.model import scale_to_unit
 
 MULTICLASS = ["background", "red", "bright"]
+FUNDUS, BRIGHT, RED = (200, 90, 40), (255, 240, 50), (150, 30, 200)
 
 
-def save_model(folder, classes, *, run_json=True):
-    """A tiny untrained U-Net saved as the pipeline does: model.keras beside run.json."""
+def colour_model(planes: int) -> keras.Model:
+    """Raw pixels -> probabilities: the last plane fires on green > 0.65, plane 1 (of three) on blue > 0.45.
+
+    The orange fundus and the black margin stay background (probability > 0.99).
+    """
+    inputs = keras.Input((32, 32, 3), name="image")
+    outputs = keras.layers.Conv2D(planes, 1, activation="softmax" if planes > 1 else "sigmoid",
+                                  name="probabilities")(scale_to_unit(inputs))
+    model = keras.Model(inputs, outputs)
+    kernel, bias = np.zeros((1, 1, 3, planes), np.float32), np.zeros(planes, np.float32)
+    kernel[0, 0, 1, -1], bias[-1] = 20.0, -13.0
+    if planes > 1:
+        kernel[0, 0, 2, 1], bias[1] = 20.0, -9.0
+    model.get_layer("probabilities").set_weights([kernel, bias])
+    return model
+
+
+def save_model(folder, classes, *, run_json=True, crop=True):
+    """The colour model saved as the pipeline saves a trained one: model.keras beside run.json."""
     folder.mkdir(parents=True)
-    model = build_unet(image_size=32, num_classes=len(classes), depth=2, base_filters=4)
-    model.save(folder / "model.keras")
+    colour_model(len(classes)).save(folder / "model.keras")
     if run_json:
         run = {"task": "multiclass" if len(classes) > 1 else "binary", "classes": classes, "image_size": 32,
-               "crop_to_fundus": True}
+               "crop_to_fundus": crop}
         (folder / "run.json").write_text(json.dumps(run))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -34,110 +58,165 @@ def models(tmp_path_factory):
     return root
 
 
+def painted(size, shapes):
+    """An RGB image of ``size`` with ellipses drawn in order, and the mask of each."""
+    image = Image.new("RGB", size)
+    masks = []
+    for box, colour in shapes:
+        ImageDraw.Draw(image).ellipse(box, fill=colour)
+        mask = Image.new("1", size)
+        ImageDraw.Draw(mask).ellipse(box, fill=1)
+        masks.append(np.asarray(mask))
+    return image, masks
+
+
 @pytest.fixture
 def fundus(tmp_path):
-    """A black 90x70 canvas with an orange disc; returns the path and its field of view."""
-    image = Image.new("RGB", (90, 70))
-    ImageDraw.Draw(image).ellipse((20, 8, 70, 60), fill=(200, 90, 40))
+    """A black 90x70 canvas with an orange fundus holding a bright and a red spot.
+
+    Returns the path and the masks of the field of view, the bright spot and the red spot.
+    """
+    image, (lit, bright, red) = painted((90, 70), [((20, 8, 70, 60), FUNDUS), ((28, 22, 42, 36), BRIGHT),
+                                                   ((46, 30, 60, 44), RED)])
     path = tmp_path / "eye.png"
     image.save(path)
-    return path, np.asarray(image).max(axis=-1) > 0
+    return path, lit, bright, red
 
 
-def inside_and_outside(lit):
-    """Pixels safely inside the field of view and safely outside it (resizing moves its edge by a pixel)."""
-    return ndimage.binary_erosion(lit, iterations=2), ~ndimage.binary_dilation(lit, iterations=2)
+def inside_and_outside(mask, margin=3):
+    """Pixels safely inside a region and safely outside it: the 32-px model input moves an edge by 1.6 px."""
+    return ndimage.binary_erosion(mask, iterations=margin), ~ndimage.binary_dilation(mask, iterations=margin)
 
 
-def test_multiclass_planes_are_one_hot_in_the_field_of_view_and_zero_outside(models, fundus, tmp_path, capsys):
-    path, lit = fundus
+def assert_plane_is(plane, region):
+    inside, outside = inside_and_outside(region)
+    assert inside.any() and plane[inside].all() and not plane[outside].any()
+
+
+def test_multiclass_planes_find_each_spot_and_are_one_hot_in_the_field_of_view(models, fundus, tmp_path, capsys):
+    path, lit, bright, red = fundus
     predict.main([str(path), "--model", str(models / "multiclass"), "--out", str(tmp_path / "out")])
     planes = np.load(tmp_path / "out" / "eye.npy")
-    inside, outside = inside_and_outside(lit)
     assert planes.shape == (70, 90, 3) and planes.dtype == np.uint8
-    assert set(np.unique(planes)) <= {0, 1}
+    assert set(np.unique(planes)) == {0, 1}
+    assert_plane_is(planes[..., 2], bright)
+    assert_plane_is(planes[..., 1], red)
+    inside, outside = inside_and_outside(lit)
     assert (planes[inside].sum(axis=-1) == 1).all()
     assert not planes[outside].any()
-    assert "eye.png: 90x70 -> " in capsys.readouterr().out
+    assert_plane_is(planes[..., 0], lit & ~bright & ~red)
+    counts = planes.sum(axis=(0, 1))
+    out = capsys.readouterr().out
+    assert "classes background, red, bright, 32 px, cropped to the fundus" in out
+    assert f"eye.png: 90x70 -> {tmp_path / 'out' / 'eye.npy'}, {tmp_path / 'out' / 'eye_overlay.png'}; " \
+           f"background {counts[0]}, red {counts[1]}, bright {counts[2]} px" in out
 
 
-def test_overlay_is_the_image_with_lesions_painted_above_a_legend(models, fundus, tmp_path):
-    path, _ = fundus
+def test_overlay_paints_exactly_the_predicted_lesions_above_a_legend(models, fundus, tmp_path):
+    path, _, bright, red = fundus
     predict.main([str(path), "--model", str(models / "multiclass" / "model.keras"), "--out", str(tmp_path / "out")])
-    planes = np.load(tmp_path / "out" / "eye.npy")
+    planes = np.load(tmp_path / "out" / "eye.npy").astype(bool)
     with Image.open(tmp_path / "out" / "eye_overlay.png") as picture:
         overlay = np.asarray(picture.convert("RGB"))
     assert overlay.shape == (70 + predict.legend_height(70, 2), 90, 3)
-    original = np.asarray(Image.open(path))
+    original = np.asarray(Image.open(path)).astype(np.float64)
     lesion = planes[..., 1:].any(axis=-1)
     assert (overlay[:70][~lesion] == original[~lesion]).all()
-    assert (overlay[:70][lesion] != original[lesion]).any(axis=-1).all()
+    for plane, spot, colour in ((1, red, predict.PALETTE[0]), (2, bright, predict.PALETTE[1])):
+        where = planes[..., plane]
+        assert where[inside_and_outside(spot)[0]].all()
+        expected = np.rint((1 - predict.ALPHA) * original[where] + predict.ALPHA * np.array(colour))
+        assert (overlay[:70][where] == expected).all()
+        assert (overlay[70:] == colour).all(axis=-1).sum() > 20  # its legend swatch
 
 
-@pytest.mark.parametrize("threshold, inside", [("0", 1), ("1", 0)])
-def test_binary_model_thresholds_its_single_plane(models, fundus, tmp_path, threshold, inside):
-    path, lit = fundus
+@pytest.mark.parametrize("threshold, expected", [("0", "fov"), ("0.5", "bright"), ("1", "none")])
+def test_binary_model_thresholds_its_single_plane(models, fundus, tmp_path, threshold, expected):
+    path, lit, bright, _ = fundus
     predict.main([str(path), "--model", str(models / "binary"), "--out", str(tmp_path), "--threshold", threshold])
     planes = np.load(tmp_path / "eye.npy")
-    fov, outside = inside_and_outside(lit)
     assert planes.shape == (70, 90, 1)
-    assert (planes[fov] == inside).all() and not planes[outside].any()
+    if expected == "none":
+        assert not planes.any()
+    else:
+        assert_plane_is(planes[..., 0], lit if expected == "fov" else bright)
+
+
+def write_eval_json(path, thresholds, min_component_px=1, drop_on_optic_disc=False):
+    path.write_text(json.dumps({"thresholds": thresholds, "threshold_source": "validation", "threshold_beta": 1.0,
+                                "min_component_px": min_component_px, "drop_on_optic_disc": drop_on_optic_disc,
+                                "pr_thresholds": 101}))
+    return path
+
+
+def run_with_eval(models, fundus, tmp_path, **rules):
+    eval_json = write_eval_json(tmp_path / "eval.json", **rules)
+    out = tmp_path / "out"
+    predict.main([str(fundus[0]), "--model", str(models / "multiclass"), "--out", str(out), "--eval", str(eval_json)])
+    return np.load(out / "eye.npy")
 
 
 def test_eval_json_gives_per_class_thresholds(models, fundus, tmp_path):
-    rules = {"thresholds": {"red": 0.0, "bright": 1.01}, "min_component_px": 1, "drop_on_optic_disc": False}
-    (tmp_path / "eval.json").write_text(json.dumps(rules))
-    predict.main([str(fundus[0]), "--model", str(models / "multiclass"), "--out", str(tmp_path / "out"),
-                  "--eval", str(tmp_path / "eval.json")])
-    planes = np.load(tmp_path / "out" / "eye.npy")
-    inside, _ = inside_and_outside(fundus[1])
-    assert planes[inside, 1].all() and not planes[..., 2].any()
+    planes = run_with_eval(models, fundus, tmp_path, thresholds={"red": 0.0, "bright": 1.01})
+    assert_plane_is(planes[..., 1], fundus[1])
+    assert not planes[..., 2].any()
+
+
+def test_eval_json_drops_components_smaller_than_its_minimum(models, fundus, tmp_path):
+    # A spot covers about 70 of the model's 32x32 pixels.
+    kept = run_with_eval(models, fundus, tmp_path, thresholds={"red": 0.5, "bright": 0.5}, min_component_px=40)
+    assert_plane_is(kept[..., 2], fundus[2])
+    assert_plane_is(kept[..., 1], fundus[3])
+    dropped = run_with_eval(models, fundus, tmp_path, thresholds={"red": 0.5, "bright": 0.5}, min_component_px=200)
+    assert not dropped[..., 1:].any()
+    assert_plane_is(dropped[..., 0], fundus[1])
+
+
+def test_eval_json_drops_the_bright_spot_found_as_the_optic_disc(models, fundus, tmp_path):
+    # The bright spot is the brightest large region, so it is located as the optic disc.
+    planes = run_with_eval(models, fundus, tmp_path, thresholds={"red": 0.5, "bright": 0.5},
+                           drop_on_optic_disc=True)
+    assert not planes[..., 2].any()
+    assert_plane_is(planes[..., 1], fundus[3])
 
 
 def test_eval_json_of_other_classes_is_one_line_error(models, fundus, tmp_path):
-    (tmp_path / "eval.json").write_text(json.dumps({"thresholds": {"hemorrhages": 0.5}}))
+    write_eval_json(tmp_path / "eval.json", {"hemorrhages": 0.5})
     one_line_error(lambda: predict.main([str(fundus[0]), "--model", str(models / "multiclass"),
                                          "--out", str(tmp_path / "out"), "--eval", str(tmp_path / "eval.json")]),
                    "eval.json", "red, bright")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
-def test_any_image_mode_is_read_as_rgb_and_no_crop_covers_the_whole_image(models, tmp_path, mode):
-    image = Image.new("L", (64, 48))
-    ImageDraw.Draw(image).ellipse((10, 4, 50, 44), fill=180)
-    image.convert(mode).save(tmp_path / "gray.png")
+def test_any_image_mode_is_read_as_rgb_and_no_crop_covers_the_whole_image(models, tmp_path, mode, capsys):
+    image, (lit, spot) = painted((64, 48), [((10, 4, 50, 44), (100, 100, 100)), ((22, 16, 38, 32), (250,) * 3)])
+    image.convert("L").convert(mode).save(tmp_path / "gray.png")
     predict.main([str(tmp_path / "gray.png"), "--model", str(models / "multiclass"), "--out", str(tmp_path / "out"),
                   "--no-crop"])
+    assert "whole image" in capsys.readouterr().out
     planes = np.load(tmp_path / "out" / "gray.npy")
-    inside, outside = inside_and_outside(np.asarray(image) > 0)
+    inside, outside = inside_and_outside(lit)
     assert planes.shape == (48, 64, 3) and (planes[inside].sum(axis=-1) == 1).all() and not planes[outside].any()
+    assert_plane_is(planes[..., 1], spot)  # white: blue wins over green
+
+
+def test_no_crop_and_cropping_place_the_spots_alike(models, fundus, tmp_path):
+    save_model(tmp_path / "uncropped", MULTICLASS, crop=False)
+    predict.main([str(fundus[0]), "--model", str(tmp_path / "uncropped"), "--out", str(tmp_path / "out")])
+    planes = np.load(tmp_path / "out" / "eye.npy")
+    assert_plane_is(planes[..., 2], fundus[2])
+    assert_plane_is(planes[..., 1], fundus[3])
 
 
 def test_without_run_json_classes_and_size_come_from_the_model(fundus, tmp_path, capsys):
     save_model(tmp_path / "bare", MULTICLASS, run_json=False)
     predict.main([str(fundus[0]), "--model", str(tmp_path / "bare"), "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
-    assert "note: no run.json found" in out and "class1 " in out and "class3 " in out
-    assert np.load(tmp_path / "out" / "eye.npy").shape == (70, 90, 3)
-
-
-def test_mlflow_runs_uri_loads_the_logged_model_and_its_run_json(fundus, tmp_path, monkeypatch, capsys):
-    import mlflow
-
-    from retinaseg import tracking
-
-    store = tmp_path / "project"
-    store.mkdir()
-    monkeypatch.chdir(store)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
-    model = save_model(tmp_path / "local", ["hemorrhages"])
-    with mlflow.start_run(experiment_id=tracking.setup()) as run:
-        mlflow.tensorflow.log_model(model, name="model", pip_requirements=[])
-        mlflow.log_artifact(str(tmp_path / "local" / "run.json"))
-    predict.main([str(fundus[0]), "--model", f"runs:/{run.info.run_id}/model", "--out", str(tmp_path / "out")])
-    assert "classes hemorrhages" in capsys.readouterr().out
-    assert np.load(tmp_path / "out" / "eye.npy").shape == (70, 90, 1)
-    assert sorted(p.name for p in store.iterdir()) == ["mlflow.db", "mlruns"]
+    assert "note: no run.json found" in out and "classes background, class1, class2, 32 px" in out
+    planes = np.load(tmp_path / "out" / "eye.npy")
+    assert planes.shape == (70, 90, 3)
+    assert_plane_is(planes[..., 2], fundus[2])
 
 
 def test_mlflow_uri_without_a_store_says_where_it_looked(fundus, tmp_path, monkeypatch):
@@ -145,7 +224,7 @@ def test_mlflow_uri_without_a_store_says_where_it_looked(fundus, tmp_path, monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     one_line_error(lambda: predict.main([str(fundus[0]), "--model", "runs:/abc/model", "--out", "out"]),
                    "runs:/abc/model", f"{tmp_path}/mlflow.db", "MLFLOW_TRACKING_URI")
-    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()
 
 
 def test_corrupt_image_fails_before_any_output(models, fundus, tmp_path):
@@ -165,12 +244,14 @@ def test_missing_image_and_clashing_names_are_named(fundus, tmp_path):
     one_line_error(lambda: predict.check_inputs([fundus[0], twin]), "eye.npy", "rename")
 
 
-def test_bad_model_paths_say_what_to_pass(fundus, tmp_path):
+def test_bad_model_paths_say_what_to_pass_before_any_output(fundus, tmp_path):
     missing = tmp_path / "models" / "nope"
-    one_line_error(lambda: predict.load_predictor(str(missing)), str(missing), "models/<variant>", "runs:/")
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a model")
-    one_line_error(lambda: predict.load_predictor(str(junk)), str(junk), "not a readable Keras model")
+    for model, says in ((missing, "models/<variant>"), (junk, "not a readable Keras model")):
+        one_line_error(lambda: predict.main([str(fundus[0]), "--model", str(model), "--out", str(tmp_path / "out")]),
+                       str(model), says, "runs:/")
+    assert not (tmp_path / "out").exists()
 
 
 def test_command_line_prints_one_error_line_and_exits_1(tmp_path):

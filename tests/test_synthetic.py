@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 import zipfile
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 from PIL import Image
 
 from retinaseg import layout
-from retinaseg.errors import PipelineError
 from retinaseg.calibration import region_contrast
+from retinaseg.dataset import DiaretDB1
+from retinaseg.params import DataParams
 from retinaseg.synthetic import STYLES, build_archive, generate
 
 NUM = 8
@@ -165,22 +167,65 @@ def test_build_archive_uses_the_official_top_folder_and_stable_bytes(root: Path,
     assert {name for name in names if not name.endswith("/")} == {f"{layout.ARCHIVE_ROOT}/{n}" for n in _files(root)}
 
 
-def test_smallest_size_works_in_both_styles(tmp_path: Path) -> None:
-    for style in STYLES:
-        generate(tmp_path / style, num_images=2, size=(64, 48), seed=0, style=style)
-        with Image.open(tmp_path / style / layout.image_path(2)) as image:
-            assert image.size == (64, 48)
+def _lowest(field: str) -> int:
+    """The smallest value the ``data`` params block allows for ``field``."""
+    return next(limit.ge for limit in DataParams.model_fields[field].metadata if hasattr(limit, "ge"))
 
 
-def test_unknown_style_is_refused_naming_the_setting(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match=r"data\.synthetic.*'photo'.*realistic, easy") as error:
-        generate(tmp_path, num_images=1, size=SIZE, style="photo")
-    assert "\n" not in str(error.value)
-    assert not any(tmp_path.iterdir())
+def _highest(field: str) -> int:
+    return next(limit.le for limit in DataParams.model_fields[field].metadata if hasattr(limit, "le"))
 
 
-@pytest.mark.parametrize(("num_images", "size"), [(0, SIZE), (1000, SIZE), (2, (20, 115))])
-def test_bad_arguments_are_refused(tmp_path: Path, num_images: int, size: tuple[int, int]) -> None:
-    with pytest.raises(PipelineError, match="synthetic data"):
-        generate(tmp_path, num_images=num_images, size=size)
-    assert not any(tmp_path.iterdir())
+def test_data_synthetic_offers_exactly_the_generator_styles() -> None:
+    """The style names are checked only by params (data.synthetic), so they must be the generator's."""
+    assert set(typing.get_args(DataParams.model_fields["synthetic"].annotation)) == set(STYLES)
+
+
+def test_image_ids_the_data_block_allows_fit_the_layout() -> None:
+    assert _highest("num_images") == layout.NUM_IMAGES
+    assert len(layout.image_name(_highest("num_images"))) == len("image000.png")
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+@pytest.mark.parametrize("extreme", ["smallest", "widest", "tallest"])
+def test_the_extreme_sizes_the_data_block_allows_load_in_both_styles(tmp_path: Path, style: str, extreme: str) -> None:
+    """generate() no longer checks its arguments: whatever the data block accepts must give a loadable set."""
+    low, high = _lowest("image_width"), _highest("image_width")
+    assert (low, high) == (_lowest("image_height"), _highest("image_height"))
+    size = {"smallest": (low, low), "widest": (high, low), "tallest": (low, high)}[extreme]
+    num_images = _lowest("num_images")
+    generate(tmp_path, num_images=num_images, size=size, seed=0, style=style)
+    dataset = DiaretDB1(tmp_path)
+    split = dataset.official_split()
+    assert split["train"] and split["test"]
+    assert sorted(split["train"] + split["test"]) == dataset.image_ids() == list(range(1, num_images + 1))
+    assert dataset.read_image(num_images).shape == (size[1], size[0], 3)
+    assert dataset.read_fundus_mask().any()
+
+
+def test_the_loader_accepts_everything_the_generator_writes(root: Path) -> None:
+    """Every file, read back through DiaretDB1 with its own checks of ids, split, modes and sizes."""
+    dataset = DiaretDB1(root)
+    assert dataset.root == root
+    ids = dataset.image_ids()
+    assert ids == list(range(1, NUM + 1))
+    split = dataset.official_split()
+    assert set(split) == {"train", "test"}
+    assert not set(split["train"]) & set(split["test"])
+    assert sorted(split["train"] + split["test"]) == ids
+
+    with Image.open(root / layout.FUNDUS_MASK) as mask_file:
+        assert mask_file.mode in ("L", "1")  # the modes read_fundus_mask accepts; a palette would be refused
+        raw = np.asarray(mask_file)
+    assert set(np.unique(raw).tolist()) <= {0, 255}
+    fov = dataset.read_fundus_mask()
+    assert fov.dtype == bool and fov.shape == (SIZE[1], SIZE[0])
+    assert 0.3 < fov.mean() < 0.95
+
+    for image_id in ids:
+        image = dataset.read_image(image_id)
+        assert image.dtype == np.uint8 and image.shape == (*fov.shape, 3)
+        for lesion in layout.LESION_TYPES:
+            level_map = dataset.read_groundtruth(lesion, image_id)
+            assert level_map.dtype == np.uint8 and level_map.shape == fov.shape
+            assert np.all(level_map % layout.CONFIDENCE_STEP == 0), f"{lesion} of image {image_id}"

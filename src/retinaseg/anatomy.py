@@ -46,3 +46,8 @@ def disc_mask(shape: tuple[int, int], disc: tuple[float, float, float]) -> np.nd
     row, column, radius = disc
     rows, columns = np.ogrid[: shape[0], : shape[1]]
     return (rows - row) ** 2 + (columns - column) ** 2 <= radius**2
+
+
+def optic_disc_mask(image: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Boolean [H,W] mask of the optic disc located in ``image``."""
+    return disc_mask(fov.shape, locate_optic_disc(image, fov))

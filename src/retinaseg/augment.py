@@ -1,4 +1,4 @@
-"""Seeded offline augmentation: each image and its masks get one shared affine warp.
+"""Augment stage: seeded offline augmentation; each image and its masks get one shared affine warp.
 
 This replaces Keras' ImageDataGenerator (shifts, shear, zoom, flips) so the augmented
 training set is written once, is byte-for-byte reproducible and is tracked by DVC.
@@ -15,11 +15,14 @@ the same pixels as ``scipy.ndimage.affine_transform`` at about twice the speed.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from retinaseg.errors import PipelineError
+from retinaseg.arrays import load_set
+from retinaseg.atomic import atomic_path
+from retinaseg.params import AugmentParams
 
 
 def random_affine(
@@ -59,23 +62,9 @@ def random_affine(
     return matrix
 
 
-def augment(
-    images: np.ndarray,
-    masks: np.ndarray,
-    *,
-    copies: int,
-    seed: int,
-    rotation_deg: float,
-    shift: float,
-    zoom: tuple[float, float],
-    shear_deg: float,
-    horizontal_flip: bool,
-    vertical_flip: bool,
-    brightness: float,
-    contrast: float,
-    soft: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Return the originals followed by ``copies`` augmented versions of every image.
+def augment(images: np.ndarray, masks: np.ndarray, params: AugmentParams,
+            soft: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Return the originals followed by ``params.copies`` augmented versions of every image.
 
     ``images`` is uint8 [N,H,W,3] and ``masks`` uint8 {0,1} [N,H,W,K]; optional ``soft``
     uint8 planes [N,H,W,J] (confidence maps) move with them, interpolated bilinearly. Row
@@ -86,10 +75,10 @@ def augment(
     ``[1 - contrast, 1 + contrast]`` about each channel's mean; brightness and
     contrast touch only the image. Returns images, masks, source_index and soft (or None).
     """
-    _check(images, masks, copies=copies, seed=seed, zoom=zoom, rotation_deg=rotation_deg,
-           shift=shift, shear_deg=shear_deg, brightness=brightness, contrast=contrast)
+    _check_arrays(images, masks)
     count, height, width = images.shape[:3]
-    rng = np.random.default_rng(seed)
+    copies = params.copies
+    rng = np.random.default_rng(params.seed)
     images_out = np.empty((count * (copies + 1), *images.shape[1:]), np.uint8)
     masks_out = np.empty((count * (copies + 1), *masks.shape[1:]), np.uint8)
     images_out[:count], masks_out[:count] = images, masks
@@ -99,11 +88,11 @@ def augment(
         soft_out[:count] = soft
     for row in range(count, len(images_out)):
         source = row % count
-        matrix = random_affine(rng, height, width, rotation_deg=rotation_deg, shift=shift,
-                               zoom=zoom, shear_deg=shear_deg, horizontal_flip=horizontal_flip,
-                               vertical_flip=vertical_flip)
-        offset = rng.uniform(-brightness, brightness) * 255
-        factor = rng.uniform(1 - contrast, 1 + contrast)
+        matrix = random_affine(rng, height, width, rotation_deg=params.rotation_deg, shift=params.shift,
+                               zoom=params.zoom, shear_deg=params.shear_deg,
+                               horizontal_flip=params.horizontal_flip, vertical_flip=params.vertical_flip)
+        offset = rng.uniform(-params.brightness, params.brightness) * 255
+        factor = rng.uniform(1 - params.contrast, 1 + params.contrast)
         warped = _warp_image(images[source], matrix)
         images_out[row] = _photometric(warped, offset, factor)
         masks_out[row] = _warp_masks(masks[source], matrix)
@@ -111,6 +100,29 @@ def augment(
             soft_out[row] = np.clip(np.rint(_warp_image(soft[source], matrix)), 0, 255)
     source_index = np.tile(np.arange(count, dtype=np.int32), copies + 1)
     return images_out, masks_out, source_index, soft_out
+
+
+def augment_training_set(prepared_dir: Path, out_dir: Path, params: AugmentParams) -> int:
+    """Stage augment: write the augmented copy of prepared/train (originals first); return its row count.
+
+    The binary masks and the soft confidence planes of every task are transformed with
+    their image (one warp each), so all tasks and targets train on the same pictures.
+    """
+    source = load_set(prepared_dir / "train")
+    soft = load_set(prepared_dir / "train", target="confidence")
+    tasks = [name for name in source if name not in ("images", "ids")]
+    planes = np.cumsum([source[task].shape[-1] for task in tasks])[:-1]
+    images, stacked, rows, soft_stacked = augment(
+        source["images"], np.concatenate([source[t] for t in tasks], axis=-1), params,
+        soft=np.concatenate([soft[t] for t in tasks], axis=-1))
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        np.save(tmp / "images.npy", images)
+        np.save(tmp / "ids.npy", source["ids"][rows])
+        for task, task_masks, task_soft in zip(tasks, np.split(stacked, planes, axis=-1),
+                                               np.split(soft_stacked, planes, axis=-1)):
+            np.save(tmp / f"masks_{task}.npy", task_masks)
+            np.save(tmp / f"confidence_{task}.npy", task_soft)
+    return len(images)
 
 
 def _warp_image(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -150,46 +162,12 @@ def _photometric(image: np.ndarray, offset: float, factor: float) -> np.ndarray:
     return np.clip(np.rint(adjusted), 0, 255).astype(np.uint8)
 
 
-def _check(images: np.ndarray, masks: np.ndarray, *, copies: int, seed: int,
-           zoom: tuple[float, float], **ranges: float) -> None:
-    """Fail early with the parameter's name, before any work is done."""
-    _require(isinstance(images, np.ndarray) and images.dtype == np.uint8
-             and images.ndim == 4 and images.shape[-1] == 3,
-             "images", "a uint8 array [N,H,W,3]", _describe(images))
-    _require(isinstance(masks, np.ndarray) and masks.dtype == np.uint8 and masks.ndim == 4,
-             "masks", "a uint8 array [N,H,W,K]", _describe(masks))
-    _require(masks.shape[:3] == images.shape[:3], "masks",
-             f"the same N,H,W as images {images.shape[:3]}", masks.shape[:3])
-    top = int(masks.max()) if masks.size else 0
-    _require(top <= 1, "masks", "0 or 1 everywhere", f"a value of {top}")
-    for name, value in (("copies", copies), ("seed", seed)):
-        _require(isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-                 and value >= 0, name, "an integer >= 0", value)
-    _require(isinstance(zoom, (tuple, list)) and len(zoom) == 2
-             and all(_is_number(value) for value in zoom)
-             and 0 < zoom[0] <= zoom[1], "zoom", "(low, high) with 0 < low <= high", zoom)
-    limits = {
-        "rotation_deg": ("[0, 180]", lambda value: 0 <= value <= 180),
-        "shear_deg": ("[0, 90)", lambda value: 0 <= value < 90),
-        "shift": ("[0, 1]", lambda value: 0 <= value <= 1),
-        "brightness": ("[0, 1)", lambda value: 0 <= value < 1),
-        "contrast": ("[0, 1)", lambda value: 0 <= value < 1),
-    }
-    for name, value in ranges.items():
-        text, within = limits[name]
-        _require(_is_number(value) and within(value), name, f"a number in {text}", value)
-
-
-def _require(ok: bool, name: str, allowed: str, got: object) -> None:
-    if not ok:
-        raise PipelineError(f"augment.{name} must be {allowed}, got {got}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _describe(array: object) -> str:
-    if isinstance(array, np.ndarray):
-        return f"{array.dtype} {list(array.shape)}"
-    return type(array).__name__
+def _check_arrays(images: np.ndarray, masks: np.ndarray) -> None:
+    """Arrays as the prepare stage writes them; anything else is a programming error, named early."""
+    if not (images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3):
+        raise ValueError(f"images must be a uint8 array [N,H,W,3], got {images.dtype} {list(images.shape)}")
+    if not (masks.dtype == np.uint8 and masks.ndim == 4 and masks.shape[:3] == images.shape[:3]):
+        raise ValueError(f"masks must be uint8 [N,H,W,K] with the N,H,W of images {images.shape[:3]}, "
+                         f"got {masks.dtype} {list(masks.shape)}")
+    if masks.size and masks.max() > 1:
+        raise ValueError(f"masks must be 0 or 1 everywhere, got a value of {masks.max()}")

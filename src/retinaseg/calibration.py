@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from retinaseg import layout, stage
 from retinaseg.dataset import DiaretDB1
+from retinaseg.params import parse_id_ranges
 
 #: Figures measured on the real DIARETDB1 v1.1 training images 1-27 at full resolution.
 DIARETDB1_TRAIN_FIGURES = {
@@ -112,14 +113,11 @@ def _mean(values: list[float]) -> float | None:
 
 
 def parse_ids(text: str) -> list[int]:
-    """Image ids from a list of numbers and ranges such as ``1-27`` or ``1-5,8,10-12``."""
-    ids = []
-    for part in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not match or int(match[2] or match[1]) < int(match[1]):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a list of image ids such as 1-27 or 1-5,8")
-        ids.extend(range(int(match[1]), int(match[2] or match[1]) + 1))
-    return sorted(set(ids))
+    """Image ids from ranges such as ``1-27`` or ``1-5,8,10-12``, as ``prepare.train_ids`` takes them."""
+    ids = parse_id_ranges(text)
+    if ids is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of image ids such as 1-27 or 1-5,8 (ids 1..89)")
+    return ids
 
 
 def main(argv: list[str]) -> None:

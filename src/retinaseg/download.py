@@ -27,6 +27,7 @@ from retinaseg import layout
 from retinaseg.atomic import atomic_path
 from retinaseg.dataset import DiaretDB1
 from retinaseg.errors import PipelineError
+from retinaseg.params import DataParams
 from retinaseg.synthetic import generate
 
 PAGE_URL = "http://www.it.lut.fi/project/imageret/diaretdb1/"
@@ -128,21 +129,20 @@ def extract_zip(zip_path: Path, target_dir: Path) -> None:
         ) from err
 
 
-def fetch_dataset(
-    source: str, out_dir: Path, *, cache_dir: Path, seed: int, num_images: int, size: tuple[int, int],
-    style: str = "realistic",
-) -> None:
+def fetch_dataset(data: DataParams, out_dir: Path, *, cache_dir: Path) -> None:
     """Make ``out_dir`` the validated dataset root (``out_dir/resources/...``) from ``data.source``.
 
-    ``source`` is ``synthetic``, ``diaretdb1`` (official zip, cached in ``cache_dir``) or
-    a path to a zip or extracted folder; ``style`` is the synthetic generator's (realistic or
-    easy). ``out_dir`` is replaced only on success.
+    ``data.source`` is ``synthetic`` (generated from the other ``data`` keys), ``diaretdb1``
+    (official zip, cached in ``cache_dir``) or a path to a zip or extracted folder.
+    ``out_dir`` is replaced only on success.
     """
+    source = data.source
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if source == "synthetic":
         with atomic_path(out_dir, is_dir=True) as tmp:
-            generate(tmp, num_images=num_images, size=size, seed=seed, style=style)
+            generate(tmp, num_images=data.num_images, size=(data.image_width, data.image_height), seed=data.seed,
+                     style=data.synthetic)
             _validate(tmp, shown_as=str(out_dir))
     elif source == "diaretdb1":
         archive = Path(cache_dir) / layout.ARCHIVE_NAME

@@ -6,22 +6,27 @@ a GPU; elsewhere TensorFlow emulates it and it is many times slower than float32
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """CPU feature flags as the kernel reports them (empty where unknown)."""
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields as the kernel reports them (empty where unknown)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return set()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """CPU feature flags as the kernel reports them (empty where unknown)."""
+    return set(cpu_info(cpuinfo).get("flags", "").split())
 
 
 def has_gpu() -> bool:
@@ -53,8 +58,3 @@ def configure(precision: str, threads: int = 0) -> str:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
     return precision
-
-
-def quiet_tensorflow() -> None:
-    """Hide TensorFlow's C++ start-up chatter so stage output stays readable."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -12,9 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from keras import ops
 
-from retinaseg.errors import PipelineError
-from retinaseg.params import LOSSES as LOSS_NAMES
-from retinaseg.params import MULTICLASS_LOSSES
+from retinaseg.tasks import Task, lesion_planes
 
 #: Losses that take one weight per mask plane.
 WEIGHTED_LOSSES = ("weighted_bce", "weighted_cce")
@@ -42,7 +40,7 @@ def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
     overlap = ops.sum(y_true * y_pred, axis=0)
     total = ops.sum(y_true, axis=0) + ops.sum(y_pred, axis=0)
     dice = (2.0 * overlap + smooth) / (total + smooth)
-    return ops.mean(dice if planes == 1 else dice[1:])
+    return ops.mean(dice[lesion_planes(planes)[0]:])
 
 
 # Keras names a function metric after its ``name`` attribute, so logs read "dice" and
@@ -64,47 +62,28 @@ def _cce(y_true, y_pred, weights: np.ndarray):
     return -ops.mean(ops.sum(y_true * weights * ops.log(y_pred), axis=-1))
 
 
-def allowed_losses(num_classes: int) -> tuple[str, ...]:
-    """Loss names valid for a task with ``num_classes`` mask planes."""
-    if num_classes > 1:
-        return LOSS_NAMES
-    return tuple(name for name in LOSS_NAMES if name not in MULTICLASS_LOSSES)
-
-
-def build_loss(
-    name: str, num_classes: int, class_weights: Sequence[float] | None = None
-) -> Callable:
-    """The loss ``name`` as a Keras loss function whose ``__name__`` is ``name``.
+def build_loss(name: str, task: Task, class_weights: Sequence[float] | None = None) -> Callable:
+    """The loss ``name`` (one of ``params.LOSSES``, valid for ``task``) as a Keras loss whose ``__name__`` is ``name``.
 
     ``class_weights`` (one per plane) are used by the weighted losses only. "dice" is
     1 - dice_coefficient; the tutorial minimised -dice, which has the same gradient.
     """
-    allowed = allowed_losses(num_classes)
-    task = "multiclass" if num_classes > 1 else "binary"
-    if name not in allowed:
-        raise PipelineError(
-            f"train.loss: {name!r} is not a loss for the {task} task; "
-            f"use one of: {', '.join(allowed)}"
-        )
-    weights = np.ones(num_classes, dtype="float32")
+    weights = np.ones(task.num_planes, dtype="float32")
     if name in WEIGHTED_LOSSES:
-        got = 0 if class_weights is None else len(class_weights)
-        if got != num_classes:
-            raise PipelineError(
-                f"train.loss: {name!r} needs {num_classes} class weight(s), one per mask plane, "
-                f"got {got}; supply matching weights or use one of: {', '.join(allowed)}"
-            )
+        if class_weights is None or len(class_weights) != task.num_planes:
+            raise ValueError(f"loss {name!r} needs {task.num_planes} class weight(s), one per plane of "
+                             f"task {task.name!r}, got {class_weights!r}")
         weights = np.asarray(class_weights, dtype="float32")
 
+    terms = {"dice": lambda t, p: 1.0 - dice_coefficient(t, p),
+             "dice_bce": lambda t, p: 1.0 - dice_coefficient(t, p) + _bce(t, p, weights),
+             "bce": lambda t, p: _bce(t, p, weights), "weighted_bce": lambda t, p: _bce(t, p, weights),
+             "cce": lambda t, p: _cce(t, p, weights), "weighted_cce": lambda t, p: _cce(t, p, weights)}
+    if name not in terms:
+        raise ValueError(f"unknown loss {name!r}; one of {', '.join(terms)}")
+
     def loss(y_true, y_pred):
-        y_true, y_pred = _float32(y_true, y_pred)
-        if name == "dice":
-            return 1.0 - dice_coefficient(y_true, y_pred)
-        if name == "dice_bce":
-            return 1.0 - dice_coefficient(y_true, y_pred) + _bce(y_true, y_pred, weights)
-        if name in ("bce", "weighted_bce"):
-            return _bce(y_true, y_pred, weights)
-        return _cce(y_true, y_pred, weights)
+        return terms[name](*_float32(y_true, y_pred))
 
     loss.__name__ = name
     return loss

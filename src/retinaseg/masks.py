@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
-BACKGROUND = "background"
-#: Confidence of the lesion core: the dataset's own toolkit counts strong agreement as lesion.
-CORE_THRESHOLD = 0.75
+from retinaseg.tasks import Task
 
 
 def binarize(confidence: np.ndarray, threshold: float) -> np.ndarray:
@@ -20,20 +18,15 @@ def binarize(confidence: np.ndarray, threshold: float) -> np.ndarray:
     return confidence.astype(np.float32) / 255.0 >= threshold
 
 
-def class_names(classes: Mapping[str, Sequence[str]]) -> list[str]:
-    """Plane names of a task: its one class, or background followed by its classes."""
-    return list(classes) if len(classes) == 1 else [BACKGROUND, *classes]
-
-
-def class_planes(lesions: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]]) -> np.ndarray:
+def class_planes(lesions: Mapping[str, np.ndarray], task: Task) -> np.ndarray:
     """Merge binary lesion maps into uint8 planes [H, W, C] of one task.
 
     A one-class task keeps one plane (sigmoid output). A task with several classes gets a
     background plane first and mutually exclusive planes (softmax output); a pixel claimed
     by two classes goes to the one listed first in ``params.yaml``.
     """
-    merged = [np.logical_or.reduce([lesions[name] for name in members]) for members in classes.values()]
-    if len(merged) == 1:
+    merged = [np.logical_or.reduce([lesions[name] for name in members]) for members in task.classes.values()]
+    if not task.is_multiclass:
         return merged[0][..., None].astype(np.uint8)
     taken = np.zeros_like(merged[0])
     exclusive = []
@@ -43,7 +36,7 @@ def class_planes(lesions: Mapping[str, np.ndarray], classes: Mapping[str, Sequen
     return np.stack([~taken, *exclusive], axis=-1).astype(np.uint8)
 
 
-def confidence_planes(confidence: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]]) -> np.ndarray:
+def confidence_planes(confidence: Mapping[str, np.ndarray], task: Task) -> np.ndarray:
     """Soft targets: uint8 planes [H, W, C] of summed annotator confidence (255 = all agree fully).
 
     A class takes the highest confidence of its lesion types. With several classes the
@@ -51,8 +44,8 @@ def confidence_planes(confidence: Mapping[str, np.ndarray], classes: Mapping[str
     confidence where the sum would pass full scale, as ``class_planes`` gives them the pixel.
     """
     merged = [np.maximum.reduce([confidence[name].astype(np.int32) for name in members])
-              for members in classes.values()]
-    if len(merged) == 1:
+              for members in task.classes.values()]
+    if not task.is_multiclass:
         return merged[0][..., None].astype(np.uint8)
     left = np.full_like(merged[0], 255)
     planes = []

@@ -59,16 +59,6 @@ def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     }
 
 
-def lesion_planes(num_planes: int) -> list[int]:
-    """Indices of the lesion planes among a task's planes: the only one, or all after background."""
-    return [0] if num_planes == 1 else list(range(1, num_planes))
-
-
-def output_kind(num_planes: int) -> str:
-    """The kind of task a model with ``num_planes`` outputs solves: one sigmoid plane or a softmax."""
-    return "binary" if num_planes == 1 else "multiclass"
-
-
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if values.size else math.nan
 

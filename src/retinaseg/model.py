@@ -10,6 +10,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from retinaseg.params import ModelParams
+from retinaseg.tasks import Task
+
 #: Keras' default of 0.99 needs hundreds of steps before the inference-time statistics
 #: settle; runs of a few hundred steps on small datasets then validate badly for many epochs.
 BN_MOMENTUM = 0.9
@@ -36,16 +39,26 @@ def upsample(x, filters: int, mode: str, name: str):
                          name=f"{name}_upconv")(x)
 
 
-def build_unet(image_size: int, num_classes: int, depth: int = 4, base_filters: int = 64,
-               dropout: float = 0.5, batch_norm: bool = True, upsampling: str = "transpose") -> keras.Model:
-    """Return a U-Net mapping [H, W, 3] images in [0, 1] to per-class probabilities.
+def scale_to_unit(x):
+    """Pixel values 0..255 -> 0..1 inside the model, so every caller feeds plain pixels.
 
-    ``num_classes == 1`` gives one sigmoid plane (binary task); more gives a softmax over
-    planes (background first). The output layer is float32 even under a mixed-precision
+    A Normalization with mean 0 and variance 255^2 divides by exactly 255; Rescaling would
+    multiply by a rounded 1/255, which differs in the last bit for half of the 256 levels.
+    It runs in float32 under any precision policy.
+    """
+    return layers.Normalization(mean=0.0, variance=255.0**2, dtype="float32", name="scale_to_unit")(x)
+
+
+def build_unet(image_size: int, task: Task, params: ModelParams) -> keras.Model:
+    """Return a U-Net mapping [H, W, 3] images with pixel values 0..255 to per-class probabilities.
+
+    The output has the task's planes and activation (one sigmoid plane, or a softmax over
+    background and classes). The output layer is float32 even under a mixed-precision
     policy, so losses and thresholds see full-precision probabilities.
     """
+    depth, base_filters, batch_norm = params.depth, params.base_filters, params.batch_norm
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = inputs
+    x = scale_to_unit(inputs)
     skips = []
     for level in range(depth):
         x = conv_block(x, base_filters * 2**level, batch_norm, name=f"down{level}")
@@ -53,16 +66,15 @@ def build_unet(image_size: int, num_classes: int, depth: int = 4, base_filters: 
         x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
 
     x = conv_block(x, base_filters * 2**depth, batch_norm, name="bottleneck")
-    x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    x = layers.Dropout(params.dropout, name="bottleneck_dropout")(x)
 
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
-        x = upsample(x, filters, upsampling, name=f"up{level}")
+        x = upsample(x, filters, params.upsampling, name=f"up{level}")
         x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, batch_norm=False, name=f"up{level}")
 
-    activation = "sigmoid" if num_classes == 1 else "softmax"
-    outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32",
+    outputs = layers.Conv2D(task.num_planes, 1, activation=task.activation, dtype="float32",
                             name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}")
 

@@ -6,16 +6,44 @@ means the same thing wherever it is applied.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from retinaseg import metrics
+from retinaseg.tasks import lesion_planes
 
 #: Candidate thresholds of the validation search: 0.01, 0.02, ..., 0.99. Models trained on wide
 #: annotator regions put the lesion cores in a narrow band near 1, where 0.05 steps are too coarse.
 THRESHOLD_GRID = np.round(np.arange(1, 100) * 0.01, 2)
+
+
+def probability(text: str) -> float:
+    """A command-line threshold: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How one image's probabilities become lesion masks: per-class thresholds, then cleaning."""
+
+    thresholds: Sequence[float]
+    min_component_px: int = 1
+    drop_on_optic_disc: bool = False
+
+    def apply(self, probabilities: np.ndarray, fov: np.ndarray, disc: np.ndarray | None) -> np.ndarray:
+        """Boolean masks [H,W,C] of probabilities [H,W,C]; ``disc`` is used when the rules drop disc hits."""
+        return clean(threshold_masks(probabilities, self.thresholds), fov, self.min_component_px,
+                     disc if self.drop_on_optic_disc else None)
 
 
 def threshold_masks(probabilities: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -25,10 +53,10 @@ def threshold_masks(probabilities: np.ndarray, thresholds: Sequence[float]) -> n
     its threshold, and goes to the most probable of the classes that do; else background.
     """
     planes = probabilities.shape[-1]
-    lesion = metrics.lesion_planes(planes)
+    lesion = lesion_planes(planes)
     if len(thresholds) != len(lesion):
         raise ValueError(f"expected {len(lesion)} thresholds (one per lesion plane), got {len(thresholds)}")
-    if planes == 1:
+    if lesion == [0]:
         return probabilities >= thresholds[0]
     scores = probabilities[..., 1:]
     passing = scores >= np.asarray(thresholds, dtype=scores.dtype)
@@ -50,7 +78,7 @@ def clean(masks: np.ndarray, fov: np.ndarray, min_component_px: int,
     Several planes: the background plane is recomputed as "no lesion".
     """
     cleaned = masks.copy()
-    lesion = metrics.lesion_planes(masks.shape[-1])
+    lesion = lesion_planes(masks.shape[-1])
     for plane in lesion:
         labels, keep = metrics.kept_components(masks[..., plane] & fov, min_component_px)
         count = len(keep) - 1
@@ -59,7 +87,7 @@ def clean(masks: np.ndarray, fov: np.ndarray, min_component_px: int,
             on_disc = [disc[int(round(r)), int(round(c))] for r, c in centres]
             keep[1:] &= ~np.asarray(on_disc, dtype=bool)
         cleaned[..., plane] = keep[labels]
-    if masks.shape[-1] > 1:
+    if lesion != [0]:
         cleaned[..., 0] = ~cleaned[..., 1:].any(axis=-1)
     return cleaned
 
@@ -80,7 +108,7 @@ def choose_thresholds(probabilities: np.ndarray, reference: np.ndarray, fov: np.
     to the lower threshold.
     """
     chosen = []
-    for plane in metrics.lesion_planes(probabilities.shape[-1]):
+    for plane in lesion_planes(probabilities.shape[-1]):
         best_score, best_threshold = -1.0, float(THRESHOLD_GRID[0])
         for threshold in THRESHOLD_GRID:
             counts = sum(

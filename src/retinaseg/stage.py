@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
 from retinaseg.errors import PipelineError
-from retinaseg.hardware import quiet_tensorflow
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ start-up chatter so stage output stays readable."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def run(main: Callable[[list[str]], None]) -> None:

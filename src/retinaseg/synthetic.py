@@ -21,7 +21,6 @@ from tqdm import tqdm
 
 from retinaseg import layout, synthetic_easy, synthetic_realistic
 from retinaseg.atomic import atomic_path
-from retinaseg.errors import PipelineError
 from retinaseg.synthetic_fundus import Canvas
 
 #: Image samplers by style name; each maps (canvas, rng) to (RGB image, maps by lesion type).
@@ -41,15 +40,10 @@ def generate(
     """Write a complete synthetic DIARETDB1 under ``root`` (``root/resources/...``).
 
     Each image draws from its own generator seeded by ``(seed, image_id)``, so the
-    same seed gives byte-identical files and images do not depend on ``num_images``.
+    same seed gives byte-identical files and images do not depend on ``num_images``. The
+    limits of the arguments are those of the ``data`` params block.
     """
-    if style not in STYLES:
-        raise PipelineError(f"data.synthetic: unknown style {style!r}; use one of {', '.join(STYLES)}")
-    if not 1 <= num_images <= 999:
-        raise PipelineError(f"synthetic data: num_images must be 1..999 (three-digit ids), got {num_images}")
     width, height = size
-    if min(width, height) < 32:
-        raise PipelineError(f"synthetic data: size must be at least 32x32 pixels, got {width}x{height}")
     root = Path(root)
     canvas = Canvas.create(width, height)
     _save(Image.fromarray(np.where(canvas.fov, 255, 0).astype(np.uint8)), root / layout.FUNDUS_MASK)

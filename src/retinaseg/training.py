@@ -1,24 +1,44 @@
-"""Train one task's U-Net from the augmented set, validating on held-out training images."""
+"""Train stages: fit one task's U-Net on the augmented set, validating on held-out training images."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from retinaseg import hardware, losses, tracking
+from retinaseg.arrays import TARGET_SCALE, load_set
 from retinaseg.atomic import atomic_path, write_json
 from retinaseg.errors import PipelineError
 from retinaseg.model import build_unet, is_encoder_layer, transfer_weights
-from retinaseg.preprocess import load_set
+from retinaseg.params import ModelParams, TrainParams
+from retinaseg.tasks import Task
+from retinaseg.trained import load_trained
 
 
-#: Value of full confidence in each kind of stored target (``train.target``).
-TARGET_SCALE = {"mask": 1.0, "confidence": 255.0}
+@dataclass(frozen=True)
+class TrainingData:
+    """Augmented training rows and the held-out validation images of one task, as uint8 arrays."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    val_ids: np.ndarray
+    train_images: int
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a training run writes: the model folder (model.keras, run.json) and the epoch curve."""
+
+    model_dir: Path
+    curve_path: Path
 
 
 def validation_ids(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -32,25 +52,76 @@ def validation_ids(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndar
     return np.sort(np.random.default_rng(seed).choice(train_ids, count, replace=False))
 
 
-def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, shuffle_seed: int | None,
+def load_training_data(task: Task, prepared_dir: Path, augmented_dir: Path, params: TrainParams) -> TrainingData:
+    """The augmented rows of every training image except the validation ones, and those (unaugmented)."""
+    augmented = load_set(augmented_dir, task.name, target=params.target)
+    prepared = load_set(prepared_dir / "train", task.name, target=params.target)
+    held_out = validation_ids(prepared["ids"], params.val_fraction, params.seed)
+    train_rows = ~np.isin(augmented["ids"], held_out)
+    val_rows = np.isin(prepared["ids"], held_out)
+    return TrainingData(augmented["images"][train_rows], augmented[task.name][train_rows],
+                        prepared["images"][val_rows], prepared[task.name][val_rows], held_out,
+                        len(np.unique(augmented["ids"][train_rows])))
+
+
+def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, shuffle_seed: int | None,
                  target_scale: float = 1.0):
     """tf.data pipeline: uint8 arrays in memory -> shuffled float32 batches, prefetched.
 
-    Targets are divided by ``target_scale``: 1 for {0,1} masks, 255 for confidence planes.
+    Images keep their pixel values (the model scales them); targets are divided by
+    ``target_scale``: 1 for {0,1} masks, 255 for confidence planes.
     """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     return (dataset.batch(batch_size)
-            .map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, tf.cast(y, tf.float32) / target_scale),
+            .map(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.float32) / target_scale),
                  num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
 
-def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir: Path, curve_path: Path,
-               model_params: dict[str, Any], train_params: dict[str, Any], logged_params: dict[str, Any],
+def compile_unet(model, task: Task, params: TrainParams, class_weights: list[float] | None = None,
+                 train_encoder: bool = True) -> None:
+    """Compile as every training run does (Adam, ``train.loss``, Dice metric), the encoder frozen or not."""
+    import keras
+
+    for layer in model.layers:
+        if is_encoder_layer(layer):
+            layer.trainable = train_encoder
+    model.compile(optimizer=keras.optimizers.Adam(params.lr, name="adam"),
+                  loss=losses.build_loss(params.loss, task, class_weights),
+                  metrics=[losses.dice_coefficient], jit_compile=params.jit_compile)
+
+
+def fit_phases(model, task: Task, params: TrainParams, data: TrainingData, callbacks: list,
+               frozen_epochs: int, class_weights: list[float] | None) -> dict[str, list[float]]:
+    """Fit ``params.epochs`` epochs: the first ``frozen_epochs`` with the encoder frozen, then all layers.
+
+    One set of callbacks spans both phases, so the best epoch and the curve cover every epoch.
+    """
+    scale = TARGET_SCALE[params.target]
+    train_data = make_dataset(data.train_x, data.train_y, params.batch_size, params.seed, scale)
+    val_data = make_dataset(data.val_x, data.val_y, params.batch_size, None, scale) if len(data.val_ids) else None
+    history: dict[str, list[float]] = {}
+    for first, last, train_encoder in ((0, frozen_epochs, False), (frozen_epochs, params.epochs, True)):
+        if first == last:
+            continue
+        compile_unet(model, task, params, class_weights, train_encoder)
+        # The dataset shuffles itself (seeded); fit's own shuffle does not apply to datasets.
+        phase = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, verbose=2,
+                          shuffle=False, callbacks=callbacks).history
+        for key, values in phase.items():
+            history.setdefault(key, []).extend(values)
+        if any(math.isnan(value) for value in history["loss"]):
+            raise PipelineError(f"train {task.name}: the loss became NaN at epoch {len(history['loss'])}; "
+                                f"lower train.lr (now {params.lr}) or try another train.loss")
+    return history
+
+
+def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: Outputs,
+               model_params: ModelParams, train_params: TrainParams, logged_params: dict[str, Any],
                variant: str | None = None, init_dir: Path | None = None,
                freeze_encoder_epochs: int = 0) -> dict[str, Any]:
     """Train, keep the best epoch by validation Dice, log everything to MLflow.
@@ -58,102 +129,50 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
     ``variant`` names the run (default: the task). With ``init_dir`` (a trained
     ``models/<task>``), the model starts from that model's weights wherever layer shapes
     match, and its encoder stays frozen for the first ``freeze_encoder_epochs`` of the
-    same epoch budget. Writes ``model_dir/model.keras`` and ``model_dir/run.json`` (the
-    MLflow run that evaluate continues), and the per-epoch curve at ``curve_path``, all
-    atomically.
+    same epoch budget. Writes ``model.keras`` and ``run.json`` (the MLflow run that evaluate
+    continues) into ``outputs.model_dir`` and the per-epoch curve, all atomically.
     """
-    variant = variant or task
     import keras
     import mlflow
 
-    precision = hardware.configure(train_params["mixed_precision"], train_params["threads"])
-    keras.utils.set_random_seed(train_params["seed"])
-
-    target = train_params["target"]
-    augmented = load_set(augmented_dir, task, target=target)
-    prepared = load_set(prepared_dir / "train", task, target=target)
-    held_out = validation_ids(prepared["ids"], train_params["val_fraction"], train_params["seed"])
-    train_rows = ~np.isin(augmented["ids"], held_out)
-    val_rows = np.isin(prepared["ids"], held_out)
-    train_x, train_y = augmented["images"][train_rows], augmented[task][train_rows]
-    image_size, num_classes = train_y.shape[1], train_y.shape[-1]
-    manifest = json.loads((prepared_dir / "manifest.json").read_text())
-    class_names, crop_to_fundus = manifest["tasks"][task]["classes"], manifest["crop_to_fundus"]
-    batch_size = train_params["batch_size"]
-    scale = TARGET_SCALE[target]
-    train_data = make_dataset(train_x, train_y, batch_size, shuffle_seed=train_params["seed"], target_scale=scale)
-    val_data = make_dataset(prepared["images"][val_rows], prepared[task][val_rows], batch_size, None, scale)
-    monitor = "val_dice" if len(held_out) else "dice"
-
-    weights = losses.class_weights_from_masks(train_y / scale) if train_params["loss"].startswith("weighted") else None
-    model = build_unet(image_size, num_classes, model_params["depth"], model_params["base_filters"],
-                       model_params["dropout"], model_params["batch_norm"], model_params["upsampling"])
+    variant = variant or task.name
+    precision = hardware.configure(train_params.mixed_precision, train_params.threads)
+    keras.utils.set_random_seed(train_params.seed)
+    data = load_training_data(task, prepared_dir, augmented_dir, train_params)
+    weights = (losses.class_weights_from_masks(data.train_y / TARGET_SCALE[train_params.target])
+               if train_params.loss.startswith("weighted") else None)
+    model = build_unet(data.train_x.shape[1], task, model_params)
     source = _initialise(model, init_dir) if init_dir else None
-    print(f"train {variant}: {model.name}, {model.count_params():,} parameters, {precision}, "
-          f"{train_rows.sum()} training rows from {len(np.unique(augmented['ids'][train_rows]))} images, "
-          f"{val_rows.sum()} validation images")
-
-    def compile_model(train_encoder: bool) -> None:
-        for layer in model.layers:
-            if is_encoder_layer(layer):
-                layer.trainable = train_encoder
-        model.compile(optimizer=keras.optimizers.Adam(train_params["lr"], name="adam"),
-                      loss=losses.build_loss(train_params["loss"], num_classes, weights),
-                      metrics=[losses.dice_coefficient], jit_compile=train_params["jit_compile"])
-
-    epochs = train_params["epochs"]
     frozen_epochs = freeze_encoder_epochs if source else 0
-    tags = tracking.run_tags(task)
-    if source:
-        tags.update({"init_from_run_id": source["run_id"], "init_from_task": source["task"]})
+    print(f"train {variant}: {model.name}, {model.count_params():,} parameters, {precision}, "
+          f"{len(data.train_x)} training rows from {data.train_images} images, {len(data.val_x)} validation images")
+    monitor = "val_dice" if len(data.val_ids) else "dice"
     experiment_id = tracking.setup()
-    with (mlflow.start_run(experiment_id=experiment_id, run_name=variant, tags=tags) as run,
-          atomic_path(model_dir, is_dir=True) as out, atomic_path(curve_path) as curve):
-        tracking.log_params({**logged_params, "mixed_precision_used": precision, "num_classes": num_classes,
-                             "parameters": model.count_params(), "val_ids": held_out.tolist(),
+    with (mlflow.start_run(experiment_id=experiment_id, run_name=variant, tags=_tags(task, source)) as run,
+          atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.curve_path) as curve):
+        tracking.log_params({**logged_params, "mixed_precision_used": precision, "num_classes": task.num_planes,
+                             "parameters": model.count_params(), "val_ids": data.val_ids.tolist(),
                              "class_weights": weights, "variant": variant,
                              "init_from": source["task"] if source else "scratch",
                              "init_copied_layers": len(source["copied"]) if source else 0,
                              "init_new_layers": source["kept"] if source else []})
         checkpoint = out / "model.keras"
-        # One set of callbacks across both phases, so the best epoch and the curve span all epochs.
-        callbacks = [keras.callbacks.TerminateOnNaN(),
-                     keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, mode="max", save_best_only=True),
-                     keras.callbacks.CSVLogger(curve, separator="\t", append=True),
-                     mlflow.tensorflow.MlflowCallback(log_every_epoch=True)]
-        history: dict[str, list[float]] = {}
         started = time.perf_counter()
-        for first, last, train_encoder in ((0, frozen_epochs, False), (frozen_epochs, epochs, True)):
-            if first == last or (history and any(math.isnan(v) for v in history["loss"])):
-                continue
-            compile_model(train_encoder)
-            phase = model.fit(train_data, validation_data=val_data if len(held_out) else None,
-                              initial_epoch=first, epochs=last, verbose=2, callbacks=callbacks).history
-            for key, values in phase.items():
-                history.setdefault(key, []).extend(values)
+        history = fit_phases(model, task, train_params, data, _callbacks(checkpoint, curve, monitor), frozen_epochs,
+                             weights)
         seconds = time.perf_counter() - started
-        if any(math.isnan(value) for value in history["loss"]):
-            raise PipelineError(f"train {variant}: the loss became NaN at epoch {len(history['loss'])}; "
-                                f"lower train.lr (now {train_params['lr']}) or try another train.loss")
         best_epoch = int(np.argmax(history[monitor]))
         summary = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": tracking.tracking_uri(),
-                   "variant": variant, "task": task, "classes": class_names, "val_ids": held_out.tolist(),
-                   "image_size": image_size, "crop_to_fundus": crop_to_fundus,
+                   "variant": variant, "task": task.name, "classes": task.plane_names,
+                   "val_ids": data.val_ids.tolist(), "image_size": data.train_x.shape[1],
+                   "crop_to_fundus": _crop_to_fundus(prepared_dir),
                    "init_from": source["task"] if source else "scratch",
                    "init_from_run_id": source["run_id"] if source else None,
                    "frozen_encoder_epochs": frozen_epochs, "mixed_precision": precision,
                    "parameters": model.count_params(), "train_seconds": round(seconds, 1),
                    "epochs": len(history["loss"]), "best_epoch": best_epoch + 1,
                    f"best_{monitor}": float(history[monitor][best_epoch])}
-        mlflow.log_metrics({"train_seconds": seconds, "best_epoch": best_epoch + 1,
-                            f"best_{monitor}": summary[f"best_{monitor}"]})
-        best = keras.saving.load_model(checkpoint, compile=False)
-        if frozen_epochs:  # a best epoch from the frozen phase was saved with the encoder frozen
-            best.trainable = True
-            best.save(checkpoint)
-        sample = train_x[:1].astype(np.float32) / 255.0
-        signature = mlflow.models.infer_signature(sample, best.predict(sample, verbose=0))
-        mlflow.tensorflow.log_model(best, name="model", signature=signature)
+        _log_results(summary, seconds, monitor, checkpoint, data.train_x[:1], unfreeze=bool(frozen_epochs))
         write_json(out / "run.json", summary)
         mlflow.log_artifact(str(out / "run.json"))
     print(f"train {variant}: best {monitor} {summary[f'best_{monitor}']:.3f} at epoch {best_epoch + 1}, "
@@ -161,18 +180,60 @@ def train_task(task: str, *, prepared_dir: Path, augmented_dir: Path, model_dir:
     return summary
 
 
+def _callbacks(checkpoint: Path, curve: Path, monitor: str) -> list:
+    """Stop on NaN, keep the best epoch, write the curve and log every epoch to MLflow."""
+    import keras
+    import mlflow
+
+    return [keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, mode="max", save_best_only=True),
+            keras.callbacks.CSVLogger(curve, separator="\t", append=True),
+            mlflow.tensorflow.MlflowCallback(log_every_epoch=True)]
+
+
+def _tags(task: Task, source: dict[str, Any] | None) -> dict[str, str]:
+    tags = tracking.run_tags(task.name)
+    if source:
+        tags.update({"init_from_run_id": source["run_id"], "init_from_task": source["task"]})
+    return tags
+
+
+def _crop_to_fundus(prepared_dir: Path) -> bool:
+    """Whether the prepared images were cropped to the fundus: predict must crop new images alike."""
+    return json.loads((prepared_dir / "manifest.json").read_text())["crop_to_fundus"]
+
+
+def _log_results(summary: dict[str, Any], seconds: float, monitor: str, checkpoint: Path, sample: np.ndarray,
+                 unfreeze: bool) -> None:
+    """Log the run's final metrics and the best epoch's model with its signature to MLflow.
+
+    The model is made fully trainable on disk first: a best epoch from the frozen phase was
+    saved with the encoder frozen.
+    """
+    import keras
+    import mlflow
+
+    mlflow.log_metrics({"train_seconds": seconds, "best_epoch": summary["best_epoch"],
+                        f"best_{monitor}": summary[f"best_{monitor}"]})
+
+    best = keras.saving.load_model(checkpoint, compile=False)
+    if unfreeze:
+        best.trainable = True
+        best.save(checkpoint)
+    sample = sample.astype(np.float32)
+    signature = mlflow.models.infer_signature(sample, best.predict(sample, verbose=0))
+    mlflow.tensorflow.log_model(best, name="model", signature=signature)
+
+
 def _initialise(model, init_dir: Path) -> dict[str, Any]:
     """Load the source model's weights into ``model``; return its run and what was copied."""
-    import keras
-
-    model_file = init_dir / "model.keras"
-    if not model_file.exists():
-        raise PipelineError(f"{model_file}: missing; the transfer starts from it, run "
+    if not (init_dir / "model.keras").is_file():
+        raise PipelineError(f"{init_dir / 'model.keras'}: missing; the transfer starts from it, run "
                             f"`dvc repro train@{init_dir.name}` first")
-    source = json.loads((init_dir / "run.json").read_text())
-    copied, kept = transfer_weights(keras.saving.load_model(model_file, compile=False), model)
+    source = load_trained(init_dir)
+    copied, kept = transfer_weights(source.model, model)
     if not copied:
-        raise PipelineError(f"{model_file}: no layer has the shape of the new model's; train both with the "
+        raise PipelineError(f"{init_dir}: no layer has the shape of the new model's; train both with the "
                             "same model.depth and model.base_filters")
     print(f"init from {init_dir}: {len(copied)} layers copied, new: {', '.join(kept)}")
-    return {**source, "copied": copied, "kept": kept}
+    return {"run_id": source.require("run_id"), "task": source.require("task"), "copied": copied, "kept": kept}

@@ -1,0 +1,211 @@
+"""Score prediction files against a prepared reference set into ``eval.json``.
+
+    python -m retinaseg.score --reference data/prepared/test --predictions data/predictions/multiclass \
+        --task multiclass [--rules metrics/multiclass/eval.json | --threshold 0.5] --out eval.json
+
+In the spirit of nnU-Net's ``compute_metrics_on_folder(reference, predictions)``: the
+evaluate stage writes its test predictions to a folder and scores that folder with this
+code, so predictions from any other tool are scored by the same rules. A prediction is
+``imageNNN.npy``, float class probabilities [S,S,C] at the reference's size (planes as the
+task's: the one class, or background then classes). Probabilities are thresholded per
+class, limited to the field of view and cleaned, then scored against the training target
+and against the lesion core, per image and class with TP/FP/FN/TN counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retinaseg import anatomy, metrics, stage
+from retinaseg.arrays import load_set
+from retinaseg.atomic import atomic_path, save_npy, write_json
+from retinaseg.errors import PipelineError
+from retinaseg.layout import image_name
+from retinaseg.postprocess import Rules, probability
+from retinaseg.tasks import Task
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The post-processing and the curve grid of a score, and where the thresholds came from; all go into eval.json."""
+
+    thresholds: dict[str, float]
+    threshold_source: str
+    threshold_beta: float
+    min_component_px: int
+    drop_on_optic_disc: bool
+    pr_thresholds: int
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(list(self.thresholds.values()), self.min_component_px, self.drop_on_optic_disc)
+
+    @classmethod
+    def from_eval_json(cls, path: Path, lesion_names: list[str]) -> Scoring:
+        """The rules an earlier evaluation of the same classes applied (``metrics/<variant>/eval.json``)."""
+        try:
+            summary = json.loads(path.read_text())
+            return cls({name: float(summary["thresholds"][name]) for name in lesion_names},
+                       str(summary["threshold_source"]), float(summary["threshold_beta"]),
+                       int(summary["min_component_px"]), bool(summary["drop_on_optic_disc"]),
+                       int(summary["pr_thresholds"]))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise PipelineError(f"{path}: not an eval.json of the classes {', '.join(lesion_names)} "
+                                f"({type(error).__name__}: {error}); pass metrics/<variant>/eval.json "
+                                "of the same task") from None
+
+
+def prediction_path(folder: Path, image_id: int) -> Path:
+    return folder / image_name(image_id).replace(".png", ".npy")
+
+
+def write_predictions(folder: Path, ids: list[int], probabilities: np.ndarray) -> None:
+    """One ``imageNNN.npy`` of probabilities [S,S,C] per image; the folder is replaced atomically."""
+    with atomic_path(folder, is_dir=True) as tmp:
+        for image_id, planes in zip(ids, probabilities):
+            save_npy(prediction_path(tmp, image_id), planes)
+
+
+def read_predictions(folder: Path, ids: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    """The probabilities of every reference image, each checked for its shape and range."""
+    planes = []
+    for image_id in ids:
+        path = prediction_path(folder, image_id)
+        try:
+            prediction = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise PipelineError(f"{path}: missing; the predictions must cover every reference image") from None
+        except (OSError, ValueError) as error:
+            raise PipelineError(f"{path}: not a .npy array ({error})") from None
+        if not isinstance(prediction, np.ndarray):
+            raise PipelineError(f"{path}: an .npz archive, expected one .npy array of probabilities")
+        if prediction.shape != shape or not np.issubdtype(prediction.dtype, np.floating):
+            raise PipelineError(f"{path}: {prediction.dtype} {list(prediction.shape)}, expected float "
+                                f"probabilities {list(shape)} like the reference")
+        if not np.all((prediction >= 0) & (prediction <= 1)):
+            raise PipelineError(f"{path}: values outside [0, 1] (or NaN); expected probabilities, not logits "
+                                "or 0..255 levels")
+        planes.append(prediction)
+    return np.stack(planes)
+
+
+def score_folder(reference_dir: Path, predictions_dir: Path, task: Task, scoring: Scoring,
+                 variant: str) -> tuple[dict[str, Any], dict[str, list[dict]], np.ndarray]:
+    """Score a folder of predictions against a prepared set (``data/prepared/test``).
+
+    Returns the eval.json summary, the precision-recall curve of every lesion class
+    against the core, and the cleaned masks [N,S,S,C].
+    """
+    reference = load_set(reference_dir, task.name, core=True)
+    ids = reference["ids"].tolist()
+    shape = (*reference[task.name].shape[1:3], task.num_planes)
+    probabilities = read_predictions(predictions_dir, ids, shape)
+    return score(reference, probabilities, task, scoring, variant, read_manifest(reference_dir)["core_threshold"])
+
+
+def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Task, scoring: Scoring,
+          variant: str, core_threshold: float) -> tuple[dict[str, Any], dict[str, list[dict]], np.ndarray]:
+    """Score probabilities [N,S,S,C] against a reference set read with ``load_set(..., core=True)``."""
+    fov, ids = reference["fov"], reference["ids"].tolist()
+    discs = [anatomy.optic_disc_mask(image, fov) for image in reference["images"]]
+    rules = scoring.rules
+    predicted = np.stack([rules.apply(probability, fov, disc) for probability, disc in zip(probabilities, discs)])
+    target, core = reference[task.name].astype(bool), reference[f"core_{task.name}"].astype(bool)
+    counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(target, predicted)])
+    summary = {"variant": variant, "task": task.name, **asdict(scoring), "core_threshold": core_threshold,
+               "n_images": len(ids), "lesion_classes": task.lesion_names,
+               **metrics.summarize(ids, counts, task.plane_names, task.lesion_planes)}
+    curves = {}
+    for plane, name in zip(task.lesion_planes, task.lesion_names):
+        lesions = [metrics.lesion_counts(ref[..., plane], pred[..., plane], scoring.min_component_px)
+                   for ref, pred in zip(target, predicted)]
+        summary[name]["lesion"] = metrics.summarize_lesions(lesions)
+        summary[name]["core"], core_per_image, curves[name] = _score_core(
+            probabilities[..., plane], core[..., plane], predicted[..., plane], fov, discs, scoring)
+        for entry, counted, at_core in zip(summary["per_image"], lesions, core_per_image):
+            entry[name]["lesions"] = counted
+            entry[name]["core"] = at_core
+    return summary, curves, predicted
+
+
+def _score_core(probability: np.ndarray, core: np.ndarray, predicted: np.ndarray, fov: np.ndarray,
+                discs: list[np.ndarray], scoring: Scoring) -> tuple[dict, list[dict], list[dict]]:
+    """One class against its lesion core: pixel counts, lesions found, area shares, disc hits, PR curve."""
+    counts = np.stack([metrics.confusion_counts(ref[..., None], pred[..., None])[0]
+                       for ref, pred in zip(core, predicted)])
+    lesions = [metrics.lesion_counts(ref, pred, scoring.min_component_px, disc)
+               for ref, pred, disc in zip(core, predicted, discs)]
+    fov_pixels = int(np.count_nonzero(fov))
+    predicted_share = predicted[:, fov].sum(axis=1) / fov_pixels
+    reference_share = core[:, fov].sum(axis=1) / fov_pixels
+    sweep = metrics.PRAccumulator(scoring.pr_thresholds)
+    sweep.update(probability[:, fov], core[:, fov])
+    summary = {"micro": metrics.scores_with_counts(counts.sum(axis=0)),
+               "lesion": metrics.summarize_lesions(lesions),
+               "predicted_fov_share": float(predicted_share.mean()),
+               "reference_fov_share": float(reference_share.mean()),
+               "area_ratio": float(predicted_share.sum() / reference_share.sum()) if reference_share.sum() else None,
+               "pr": {"auc_pr": sweep.auc_pr(), "best_f1": sweep.best_f1()}}
+    per_image = [{**dict(zip(metrics.COUNT_NAMES, map(int, row))), "lesions": counted}
+                 for row, counted in zip(counts, lesions)]
+    return summary, per_image, sweep.curve()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m retinaseg.score", description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", required=True, type=Path, metavar="DIR",
+                        help="a prepared set, e.g. data/prepared/test (its manifest.json one level up)")
+    parser.add_argument("--predictions", required=True, type=Path, metavar="DIR", help="imageNNN.npy probabilities")
+    parser.add_argument("--task", required=True, help="task name, as in the manifest (e.g. binary, multiclass)")
+    rules = parser.add_mutually_exclusive_group()
+    rules.add_argument("--rules", type=Path, metavar="EVAL_JSON",
+                       help="thresholds and cleaning of this eval.json (default: --threshold, no cleaning)")
+    rules.add_argument("--threshold", type=probability, default=0.5, help="threshold of every lesion class (0.5)")
+    parser.add_argument("--variant", help="name written into eval.json (default: the predictions folder's name)")
+    parser.add_argument("--out", required=True, type=Path, metavar="EVAL_JSON", help="where to write eval.json")
+    return parser.parse_args(argv)
+
+
+def read_manifest(reference_dir: Path) -> dict[str, Any]:
+    """The manifest.json the prepare stage wrote beside the reference set."""
+    path = reference_dir.parent / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["tasks"], manifest["core_threshold"]  # noqa: B018 - the keys scoring needs
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PipelineError(f"{path}: no readable manifest of a prepared set ({type(error).__name__}: {error}); "
+                            "pass --reference data/prepared/<split>") from None
+    return manifest
+
+
+def reference_task(reference_dir: Path, name: str) -> Task:
+    """The task ``name`` with the plane names the prepare stage recorded for it."""
+    tasks = read_manifest(reference_dir)["tasks"]
+    manifest_path = reference_dir.parent / "manifest.json"
+    if name not in tasks:
+        raise PipelineError(f"--task {name}: not in {manifest_path}; known tasks: {', '.join(tasks)}")
+    return Task.from_planes(name, tasks[name]["classes"])
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    task = reference_task(args.reference, args.task)
+    scoring = (Scoring.from_eval_json(args.rules, task.lesion_names) if args.rules else
+               Scoring(dict.fromkeys(task.lesion_names, args.threshold), "argument", 1.0, 1, False, 101))
+    summary, _, _ = score_folder(args.reference, args.predictions, task, scoring,
+                                 args.variant or args.predictions.name)
+    write_json(args.out, summary)
+    for name in task.lesion_names:
+        print(f"{name}: Dice against the core {summary[name]['core']['micro']['f1']:.3f}, "
+              f"against the training target {summary[name]['micro']['f1']:.3f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,178 @@
+"""score: prediction files scored against a prepared set, in memory, from a folder and on the command line."""
+
+import json
+from dataclasses import replace
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import one_line_error
+from retinaseg.arrays import load_set
+from retinaseg.atomic import write_json
+from retinaseg.params import PrepareParams
+from retinaseg.prepare import prepare_dataset
+from retinaseg.score import Scoring, prediction_path, read_predictions, score, score_folder, write_predictions
+from retinaseg.synthetic import generate
+from retinaseg.tasks import Task
+
+TASKS = {task.name: task for task in (
+    Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates", "softexudates")}),
+    Task("binary", {"hemorrhages": ("hemorrhages",)}))}
+#: A lower core threshold than the pipeline's 0.75 keeps a few core pixels per class at 32 px.
+CORE_THRESHOLD = 0.5
+RULES = Scoring({"red": 0.4, "bright": 0.6}, "validation", 0.5, 2, True, 11)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Six easy synthetic images prepared at 32 px: train 1-3, test 4-6."""
+    root = tmp_path_factory.mktemp("score")
+    generate(root / "raw", num_images=6, size=(150, 116), seed=0, style="easy")
+    params = PrepareParams(threshold=0.1, core_threshold=CORE_THRESHOLD, image_size=32, crop_to_fundus=True,
+                           train_ids="1-3")
+    manifest = prepare_dataset(root / "raw", root / "prepared", tasks=list(TASKS.values()), params=params, workers=1)
+    for task in TASKS.values():  # every class has core pixels to find in the test split
+        assert all(count > 0 for count in manifest["tasks"][task.name]["core_pixels"]["test"].values())
+    return root / "prepared" / "test"
+
+
+def reference(prepared, task):
+    return load_set(prepared, task.name, core=True)
+
+
+def noisy(prepared, task, seed=0):
+    """Float32 probabilities [N,32,32,C] that lean towards the core but make every kind of error."""
+    ref = reference(prepared, task)
+    rng = np.random.default_rng(seed)
+    core = ref[f"core_{task.name}"].astype(np.float32)
+    if task.is_multiclass:
+        return (0.4 * core + 0.6 * rng.dirichlet(np.ones(task.num_planes), core.shape[:3])).astype(np.float32)
+    return (0.4 * core + 0.6 * rng.random(core.shape)).astype(np.float32)
+
+
+def write(folder, prepared, probabilities):
+    write_predictions(folder, reference(prepared, TASKS["binary"])["ids"].tolist(), probabilities)
+    return folder
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_perfect_predictions_score_core_dice_1_without_false_positives(prepared, tmp_path, name):
+    task = TASKS[name]
+    core = reference(prepared, task)[f"core_{name}"]
+    folder = write(tmp_path / name, prepared, core.astype(np.float32))
+    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", 1.0, 1, False, 101)
+    summary, curves, predicted = score_folder(prepared, folder, task, scoring, name)
+    np.testing.assert_array_equal(predicted[..., task.lesion_planes], core[..., task.lesion_planes].astype(bool))
+    assert summary["variant"] == name and summary["core_threshold"] == CORE_THRESHOLD and summary["n_images"] == 3
+    for lesion in task.lesion_names:
+        at_core = summary[lesion]["core"]
+        assert at_core["micro"]["f1"] == 1.0 and at_core["micro"]["fp"] == 0 and at_core["micro"]["fn"] == 0
+        assert at_core["micro"]["tp"] > 0 and at_core["area_ratio"] == 1.0
+        assert at_core["lesion"]["lesion_sensitivity"] == 1.0 and at_core["lesion"]["n_fp_components"] == 0
+        assert at_core["pr"]["auc_pr"] == 1.0 and at_core["pr"]["best_f1"]["f1"] == 1.0
+        assert all(entry[lesion]["core"]["fp"] == 0 for entry in summary["per_image"])
+        assert curves[lesion][-1] == {"threshold": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_scoring_a_folder_equals_scoring_the_arrays_in_memory(prepared, tmp_path, name):
+    task = TASKS[name]
+    probabilities = noisy(prepared, task)
+    folder = write(tmp_path / "predictions", prepared, probabilities)
+    assert sorted(path.name for path in folder.iterdir()) == ["image004.npy", "image005.npy", "image006.npy"]
+    scoring = replace(RULES, thresholds={lesion: RULES.thresholds.get(lesion, 0.5) for lesion in task.lesion_names})
+    from_files = score_folder(prepared, folder, task, scoring, name)
+    in_memory = score(reference(prepared, task), probabilities, task, scoring, name, CORE_THRESHOLD)
+    assert json.dumps(from_files[0]) == json.dumps(in_memory[0])  # NaN-safe comparison
+    assert json.dumps(from_files[1]) == json.dumps(in_memory[1])
+    np.testing.assert_array_equal(from_files[2], in_memory[2])
+    micro = from_files[0][task.lesion_names[0]]["core"]["micro"]
+    assert micro["tp"] > 0 and micro["fp"] > 0  # the noise makes errors to count
+    assert from_files[0]["thresholds"] == scoring.thresholds and from_files[0]["drop_on_optic_disc"] is True
+
+
+def test_predictions_are_written_and_read_back_per_image(prepared, tmp_path):
+    probabilities = noisy(prepared, TASKS["multiclass"])
+    folder = write(tmp_path / "predictions", prepared, probabilities)
+    np.testing.assert_array_equal(np.load(prediction_path(folder, 5)), probabilities[1])
+    np.testing.assert_array_equal(read_predictions(folder, [6, 4], (32, 32, 3)), probabilities[[2, 0]])
+    write(folder, prepared, probabilities[:2])  # the folder is replaced, not merged
+    assert not prediction_path(folder, 6).exists()
+
+
+def test_bad_prediction_files_are_one_line_errors(prepared, tmp_path):
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    np.save(folder / "image004.npy", np.zeros((32, 32, 3), np.uint8))
+    (folder / "image005.npy").write_bytes(b"not an array")
+    one_line_error(lambda: read_predictions(folder, [4], (32, 32, 3)), "image004.npy", "uint8", "expected float")
+    one_line_error(lambda: read_predictions(folder, [5], (32, 32, 3)), "image005.npy", "not a .npy array")
+    one_line_error(lambda: read_predictions(folder, [6], (32, 32, 3)), "image006.npy", "missing")
+
+
+@pytest.mark.parametrize("bad", ["levels 0..255", "NaN"])
+def test_values_that_are_not_probabilities_are_one_line_errors(prepared, tmp_path, bad):
+    task = TASKS["binary"]
+    probabilities = noisy(prepared, task)
+    if bad == "NaN":
+        probabilities[0, 5, 5, 0] = np.nan
+    else:
+        probabilities *= 255
+    folder = write(tmp_path / "predictions", prepared, probabilities)
+    scoring = Scoring({"hemorrhages": 0.5}, "params", 1.0, 1, False, 101)
+    one_line_error(lambda: score_folder(prepared, folder, task, scoring, "binary"), "image004.npy",
+                   "outside [0, 1]")
+
+
+def run_cli(*args):
+    result = subprocess.run([sys.executable, "-m", "retinaseg.score", *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    return result
+
+
+def test_command_writes_the_same_eval_json_as_the_evaluate_stage(prepared, tmp_path):
+    task = TASKS["multiclass"]
+    folder = write(tmp_path / "multiclass", prepared, noisy(prepared, task))
+    summary, _, _ = score_folder(prepared, folder, task, RULES, "multiclass")
+    write_json(tmp_path / "eval.json", summary)  # as evaluation._write_outputs writes it
+    result = run_cli("--reference", prepared, "--predictions", folder, "--task", "multiclass",
+                     "--rules", tmp_path / "eval.json", "--out", tmp_path / "scored" / "eval.json")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "scored" / "eval.json").read_bytes() == (tmp_path / "eval.json").read_bytes()
+    assert f"red: Dice against the core {summary['red']['core']['micro']['f1']:.3f}" in result.stdout
+    assert f"wrote {tmp_path / 'scored' / 'eval.json'}" in result.stdout
+
+
+def test_command_with_a_threshold_scores_every_class_at_it(prepared, tmp_path):
+    task = TASKS["binary"]
+    probabilities = noisy(prepared, task)
+    folder = write(tmp_path / "predictions", prepared, probabilities)
+    result = run_cli("--reference", prepared, "--predictions", folder, "--task", "binary", "--threshold", 0.7,
+                     "--variant", "mine", "--out", tmp_path / "eval.json")
+    assert result.returncode == 0, result.stderr
+    written = json.loads((tmp_path / "eval.json").read_text())
+    expected, _, _ = score(reference(prepared, task), probabilities, task,
+                           Scoring({"hemorrhages": 0.7}, "argument", 1.0, 1, False, 101), "mine", CORE_THRESHOLD)
+    assert written["variant"] == "mine" and written["threshold_source"] == "argument"
+    assert written == json.loads(json.dumps(expected).replace("NaN", "null"))
+
+
+@pytest.mark.parametrize("problem", ["missing file", "wrong shape", "unknown task"])
+def test_command_errors_are_one_line(prepared, tmp_path, problem):
+    folder = write(tmp_path / "predictions", prepared, noisy(prepared, TASKS["multiclass"]))
+    task, says = "multiclass", ""
+    if problem == "missing file":
+        prediction_path(folder, 5).unlink()
+        says = f"error: {prediction_path(folder, 5)}: missing"
+    elif problem == "wrong shape":
+        np.save(prediction_path(folder, 6), np.zeros((16, 16, 3), np.float32))
+        says = f"error: {prediction_path(folder, 6)}: float32 [16, 16, 3], expected float probabilities [32, 32, 3]"
+    else:
+        task, says = "lesions", f"error: --task lesions: not in {prepared.parent / 'manifest.json'}; known tasks: "
+    result = run_cli("--reference", prepared, "--predictions", folder, "--task", task,
+                     "--out", tmp_path / "eval.json")
+    assert result.returncode == 1
+    assert result.stderr.startswith(says) and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "eval.json").exists()

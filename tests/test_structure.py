@@ -1,0 +1,82 @@
+"""The code's shape: every stage declares exactly the package modules it imports, and functions stay short."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[1]
+PACKAGE = PROJECT / "src" / "retinaseg"
+MAX_FUNCTION_LINES = 60
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Names of the ``retinaseg`` modules a file imports, at top level or inside functions."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "retinaseg":
+            if node.module == "retinaseg":
+                names.update(alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists())
+            else:
+                names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[1] for alias in node.names
+                         if alias.name.startswith("retinaseg."))
+    return names
+
+
+def import_closure(script: Path) -> set[str]:
+    """Every package module a stage script runs, following imports between modules."""
+    seen: set[str] = set()
+    pending = imported_modules(script)
+    while pending:
+        name = pending.pop()
+        if name not in seen:
+            seen.add(name)
+            pending |= imported_modules(PACKAGE / f"{name}.py")
+    return seen
+
+
+def declared_stages():
+    """(stage name, script path, declared package modules) of every stage in dvc.yaml."""
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        script = PROJECT / body["cmd"].split()[1]
+        declared = {Path(dep).stem for dep in body["deps"] if dep.startswith("src/retinaseg/")}
+        yield name, script, declared
+
+
+@pytest.mark.parametrize("name, script, declared", list(declared_stages()), ids=lambda value: str(value))
+def test_stage_deps_are_exactly_the_import_closure(name, script, declared):
+    """A module a stage runs but does not declare would let DVC reuse a stale result; one it declares
+    but does not run would rerun the stage for nothing."""
+    closure = import_closure(script)
+    assert closure, f"{script} imports nothing from the package"
+    assert declared == closure, (f"stage {name}: declare {sorted(closure - declared)}, "
+                                 f"drop {sorted(declared - closure)}")
+
+
+def test_the_closure_follows_imports_inside_functions(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text("def main():\n    from retinaseg.training import train_task\n")
+    closure = import_closure(script)
+    assert {"training", "model", "losses", "tasks", "params", "tracking"} <= closure
+    assert "predict" not in closure
+
+
+def long_functions(root: Path) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(PROJECT)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+@pytest.mark.parametrize("folder", ["src", "stages"])
+def test_no_function_is_longer_than_the_limit(folder):
+    assert long_functions(PROJECT / folder) == []
