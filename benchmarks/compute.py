@@ -6,6 +6,7 @@ TensorFlow places every op on a GPU when one is visible, so the same code measur
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import statistics
 import time
@@ -239,3 +240,30 @@ def _predict_rate(model: keras.Model, rng: np.random.Generator, count: int, warm
     forward = flops.analytic_forward_flops(model)["total"]
     return {"size": list(images.shape[1:3]), "images": count, "seconds": stats(seconds),
             "images_per_second": rate(count, seconds), "gflops": rate(forward * count / 1e9, seconds)}
+
+
+def determinism(cfg: Config, run) -> dict:
+    """Training-step time of params.yaml's model with TensorFlow's op determinism off and on.
+
+    Each variant runs in a fresh process: once enabled, determinism cannot be switched off.
+    """
+    precision = hardware.resolve_precision("auto")
+    spawn = multiprocessing.get_context("spawn")
+    seconds = {}
+    for enabled in (False, True):
+        with spawn.Pool(1) as pool:
+            seconds[enabled] = pool.apply(_steps_with_determinism, (cfg, precision, enabled))
+    ratio = statistics.median(seconds[True]) / statistics.median(seconds[False])
+    return {"model": f"{cfg.pipeline_net.label} (params.yaml's model), {precision}", "image_size": cfg.image_size,
+            "batch": cfg.pipeline_batch, "method": STEP_METHOD,
+            "step_seconds": {"nondeterministic": stats(seconds[False]), "deterministic": stats(seconds[True])},
+            "cost": ratio - 1,
+            "target": target("op determinism cost (deterministic / default step - 1)", ratio - 1, 0.10, at_most=True)}
+
+
+def _steps_with_determinism(cfg: Config, precision: str, enabled: bool) -> list[float]:
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    with _precision(precision):
+        model = _compiled_unet(cfg.pipeline_net, cfg.image_size)
+        return step_seconds(model, _random_batch(cfg.pipeline_batch, cfg.image_size), cfg.warmup, cfg.reps)

@@ -38,6 +38,13 @@ def _input_stall(result: dict) -> Iterator[Row]:
         yield "step through tf.data", result["pipeline_step_seconds"], "s", result["model"]
 
 
+def _determinism(result: dict) -> Iterator[Row]:
+    if "cost" in result:
+        seconds = result["step_seconds"]
+        yield "step, op determinism on", seconds["deterministic"], "s", (
+            f"off: {seconds['nondeterministic']['median']:.3f} s, cost {result['cost']:+.1%}")
+
+
 def _augmentation(result: dict) -> Iterator[Row]:
     if "speedup" in result:
         yield "Keras-style (scipy per channel)", result["keras_style"]["images_per_second"], "images/s", ""
@@ -62,7 +69,8 @@ def _dvc_noop(result: dict) -> Iterator[Row]:
     yield "dvc repro (nothing to do)", result.get("repro_seconds"), "s", result.get("skipped", "")
 
 
-ROWS = {"peak": _peak, "train_step": _train_step, "input_stall": _input_stall, "augmentation": _augmentation,
+ROWS = {"peak": _peak, "train_step": _train_step, "input_stall": _input_stall, "determinism": _determinism,
+        "augmentation": _augmentation,
         "prepare": _prepare, "inference": _inference, "dvc_noop": _dvc_noop}
 
 

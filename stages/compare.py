@@ -10,12 +10,14 @@ METRICS, MODELS = Path("metrics"), Path("models")
 
 
 def main(argv: list[str]) -> None:
-    real_data = params.load().data.source != "synthetic"
-    rows = comparison_rows(METRICS, MODELS, variants=argv)
+    everything = params.load()
+    variants, real_data = everything.variants, everything.data.source != "synthetic"
+    rows = comparison_rows(METRICS / "eval", MODELS, variants)
     table = markdown(rows, real_data)
     write_text(METRICS / "comparison.md", table)
+    curves = {variant: read_curve(METRICS / "train" / variant / "train_curve.tsv") for variant in variants}
     with atomic_path(METRICS / "comparison.png") as tmp:
-        figure(rows, {variant: read_curve(METRICS / variant / "train_curve.tsv") for variant in argv}, tmp, real_data)
+        figure(rows, curves, tmp, real_data)
     tracking.log_to_runs({row["run_id"]: MODELS / row["variant"] for row in rows},
                          [METRICS / "comparison.md", METRICS / "comparison.png"], artifact_path="comparison")
     print(table)

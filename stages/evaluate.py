@@ -1,4 +1,4 @@
-"""Stage evaluate@<variant>: predict the test split into data/predictions/<variant>, score it into metrics/<variant>/."""
+"""Stage evaluate@<variant>: predict the test split into data/predictions/<variant>, score it into metrics/eval/<variant>/."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ from retinaseg.evaluation import evaluate_task
 def main(argv: list[str]) -> None:
     (variant,) = argv
     summary = evaluate_task(variant, prepared_dir=Path("data/prepared"), model_dir=Path("models") / variant,
-                            predictions_dir=Path("data/predictions") / variant, out_dir=Path("metrics") / variant,
+                            predictions_dir=Path("data/predictions") / variant, out_dir=Path("metrics/eval") / variant,
                             params=params.load().evaluate)
     for name in summary["lesion_classes"]:
         core = summary[name]["core"]

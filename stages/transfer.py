@@ -7,7 +7,6 @@ from-scratch model of the task, so the two compare at the same epoch budget.
 from pathlib import Path
 
 from retinaseg import params, stage
-from retinaseg.errors import PipelineError
 from retinaseg.training import Outputs, train_task
 
 #: Blocks recorded with the MLflow run, as written in params.yaml: everything that shaped the model.
@@ -18,12 +17,10 @@ def main(argv: list[str]) -> None:
     (task_name,) = argv
     everything = params.load()
     task, transfer = everything.task(task_name), everything.transfer
-    if transfer.init_from == task.name:
-        raise PipelineError(f"params.yaml: transfer.init_from = {task.name!r} is the task being trained; "
-                            "name another task")
     variant = f"{task.name}_transfer"
     train_task(task, prepared_dir=Path("data/prepared"), augmented_dir=Path("data/augmented"),
-               outputs=Outputs(Path("models") / variant, Path("metrics") / variant / "train_curve.tsv"),
+               outputs=Outputs(Path("models") / variant, Path("metrics/train") / variant / "train_curve.tsv",
+                               Path("checkpoints") / variant),
                model_params=everything.model, train_params=everything.train,
                logged_params=params.as_written(LOGGED_BLOCKS, task.name), variant=variant,
                init_dir=Path("models") / transfer.init_from, freeze_encoder_epochs=transfer.freeze_encoder_epochs)

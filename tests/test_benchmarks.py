@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["peak", "train_step", "input_stall", "augmentation", "prepare", "inference", "dvc_noop"]
+SECTIONS = ["peak", "train_step", "input_stall", "determinism", "augmentation", "prepare", "inference", "dvc_noop"]
 
 
 def run_benchmarks(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -75,7 +75,8 @@ def test_every_repetition_is_recorded_with_its_spread(tiny):
 def test_targets_sit_beside_their_figures_with_a_verdict(tiny):
     report = json.loads(tiny[1].read_text())
     names = [goal["name"] for goal in report["targets"]]
-    assert len(names) == 4 and any("input stall" in name for name in names)
+    assert len(names) == 5 and any("input stall" in name for name in names)
+    assert any("op determinism cost" in name for name in names)
     for goal in report["targets"]:
         assert isinstance(goal["pass"], bool) and goal["limit"][:2] in ("<=", ">=")
     assert isinstance(report["contaminated"], bool)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import logging
+import os
 import re
 import shutil
 import socket
 import struct
+import subprocess
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -111,6 +115,44 @@ def _files(root: Path) -> dict[str, bytes]:
     return {path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()}
 
 
+class FullDisk:
+    """An ``open`` for download.py whose files, opened for writing, hit a full disk after ``budget`` bytes in all.
+
+    Installed with ``monkeypatch.setattr(fetch, "open", FullDisk(n), raising=False)``: the
+    module's own ``open`` then shadows the builtin, and a write past the budget writes what
+    fits and raises ENOSPC without a file name, as ``write()`` does.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def __call__(self, file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        handle = open(file, mode, *args, **kwargs)  # type: ignore[call-overload]
+        return handle if set(mode).isdisjoint("wax+") else _Filling(handle, self)
+
+
+class _Filling:
+    def __init__(self, handle: io.BufferedWriter, disk: FullDisk) -> None:
+        self._handle, self._disk = handle, disk
+
+    def write(self, data: bytes) -> int:
+        fits = min(len(data), self._disk.left)
+        self._handle.write(data[:fits])
+        self._disk.left -= fits
+        if fits < len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fits
+
+    def __enter__(self) -> _Filling:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._handle, name)
+
+
 # --- download ------------------------------------------------------------------------------
 
 
@@ -142,19 +184,35 @@ def test_progress_bar_goes_to_stderr(server: Server, tmp_path: Path, capsys: pyt
     assert captured.out == ""
 
 
-@pytest.mark.parametrize("size", [None, 7])
+@pytest.mark.parametrize(("size", "checked"), [(None, "neither its size nor its sha256 is recorded"),
+                                               (7, "its size matched, but no sha256 is recorded")])
 def test_download_without_checksum_logs_that_it_is_not_verified(
-    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int | None
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int | None, checked: str
 ) -> None:
-    """With no sha256 known the file is kept, and one warning names the url and the values to record."""
+    """With no sha256 known the file is kept; one warning names the url, what was checked and the values to record."""
     server.files["/a.zip"] = b"payload"
     url = f"{server.url}/a.zip"
     with caplog.at_level(logging.WARNING, logger=fetch.__name__):
         download(url, tmp_path / "a.zip", sha256=None, size=size, progress=False)
     assert (tmp_path / "a.zip").read_bytes() == b"payload"
     [message] = _unverified(caplog)
-    assert message.startswith(f"{url} is not verified: ")
+    assert message.startswith(f"{url} is not verified: {checked}")
     assert f"size=7 sha256={hashlib.sha256(b'payload').hexdigest()}" in message
+
+
+def test_download_with_sha256_but_no_size_says_only_the_size_was_not_checked(
+    server: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A matching sha256 verifies the file; the note only asks to record the size, and says nothing is unverified."""
+    server.files["/a.zip"] = b"payload"
+    url = f"{server.url}/a.zip"
+    with caplog.at_level(logging.WARNING, logger=fetch.__name__):
+        download(url, tmp_path / "a.zip", sha256=hashlib.sha256(b"payload").hexdigest(), size=None, progress=False)
+    assert (tmp_path / "a.zip").read_bytes() == b"payload"
+    assert _unverified(caplog) == []
+    [message] = [r.getMessage() for r in caplog.records if r.name == fetch.__name__]
+    assert message.startswith(f"{url} matched its recorded sha256; its size was not checked")
+    assert "size=7;" in message and "sha256=" not in message
 
 
 @pytest.mark.parametrize("size", [3, 10**6])
@@ -255,6 +313,22 @@ def test_refused_connection_is_retried_then_reported(tmp_path: Path, sleeps: lis
     assert not (tmp_path / "a.zip").exists()
 
 
+def test_full_disk_stops_the_download_at_once_and_keeps_the_part(
+    server: Server, archive: Path, tmp_path: Path, sleeps: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No retries (they cannot help), and a message that says to free space instead of downloading by hand."""
+    data = archive.read_bytes()
+    server.files["/a.zip"] = data
+    url, dest = f"{server.url}/a.zip", tmp_path / "a.zip"
+    monkeypatch.setattr(fetch, "open", FullDisk(1000), raising=False)
+    message = one_line_error(lambda: download(url, dest, progress=False),
+                             f"{dest}: no space left on device while downloading {url}",
+                             f"the 1000 bytes received so far are kept in {dest}.part", "free space on the disk")
+    assert "download diaretdb1" not in message
+    assert server.requests == [None] and sleeps == []
+    assert not dest.exists() and (tmp_path / "a.zip.part").read_bytes() == data[:1000]
+
+
 def test_sha256sum_matches_hashlib(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"abc" * 1000)
     assert sha256sum(tmp_path / "f") == hashlib.sha256(b"abc" * 1000).hexdigest()
@@ -308,6 +382,154 @@ def test_unsafe_members_are_refused(tmp_path: Path, name: str, mode: int, proble
         archive.writestr(info, "../../outside")
     one_line_error(lambda: extract_zip(path, tmp_path / "inside" / "out"), str(path), repr(name), problem)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["evil.zip", "inside"]
+
+
+def _patch_headers(path: Path, *, local: dict[int, int], central: dict[int, int]) -> None:
+    """OR flag bits into (offset 6/8) or overwrite (other offsets) little-endian fields of every member's headers.
+
+    ``local`` maps an offset in the local file header, ``central`` one in the central
+    directory entry, to a value: offsets 6 and 8 are the 2-byte general-purpose flags,
+    the others 4-byte fields (18/20 compressed size, 22/24 uncompressed size).
+    """
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        local_starts = [info.header_offset for info in archive.infolist()]
+    central_starts = [match.start() for match in re.finditer(re.escape(b"PK\x01\x02"), bytes(data))]
+    assert len(central_starts) == len(local_starts)
+    for starts, fields, flags_at in ((local_starts, local, 6), (central_starts, central, 8)):
+        for start in starts:
+            for offset, value in fields.items():
+                if offset == flags_at:
+                    data[start + offset] |= value
+                else:
+                    data[start + offset : start + offset + 4] = struct.pack("<I", value)
+    path.write_bytes(bytes(data))
+
+
+def _encrypted_zip(path: Path, how: str) -> None:
+    """A zip whose members are encrypted: the flag bit set by hand, or a real ZipCrypto zip from Info-ZIP."""
+    source = path.parent / "plain" / layout.ARCHIVE_ROOT
+    source.mkdir(parents=True)
+    (source / "readme.txt").write_text("the dataset would be here\n")
+    if how == "flag bit":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.write(source / "readme.txt", f"{layout.ARCHIVE_ROOT}/readme.txt")
+        _patch_headers(path, local={6: 0x1}, central={8: 0x1})
+    else:
+        if shutil.which("zip") is None:
+            pytest.skip("Info-ZIP's zip is not installed")
+        subprocess.run(["zip", "-q", "-P", "secret", str(path), f"{layout.ARCHIVE_ROOT}/readme.txt"],
+                       cwd=source.parent, check=True)
+    shutil.rmtree(path.parent / "plain")
+    with zipfile.ZipFile(path) as archive:
+        assert all(info.flag_bits & 0x1 for info in archive.infolist())
+
+
+@pytest.mark.parametrize("how", ["flag bit", "zip -P"])
+def test_encrypted_zip_is_refused_in_one_line(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "locked.zip"
+    _encrypted_zip(path, how)
+    for call in (lambda: extract_zip(path, tmp_path / "out"), lambda: _fetch(str(path), tmp_path / "raw", tmp_path)):
+        one_line_error(call, str(path), f"'{layout.ARCHIVE_ROOT}/readme.txt'", "encrypted (password-protected)",
+                       f"official {layout.ARCHIVE_NAME} is not", fetch.PAGE_URL)
+    assert [p.name for p in tmp_path.iterdir()] == ["locked.zip"]
+
+
+def _zeros_zip(path: Path, size: int, name: str = f"{layout.ARCHIVE_ROOT}/zeros.bin") -> None:
+    """One deflated member of ``size`` zero bytes: 20 MB compress to about 20 KB."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(name, "w") as member:
+            block = bytes(1 << 20)
+            for start in range(0, size, len(block)):
+                member.write(block[: size - start])
+
+
+def test_zip_bomb_is_refused_by_its_declared_size_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "bomb.zip"
+    _zeros_zip(path, 20 * 2**20)
+    assert path.stat().st_size < 100_000
+    monkeypatch.setattr(fetch, "MAX_UNPACKED_BYTES", 2**20)
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: opened.append(str(name)) or real_open(
+        self, name, *a, **k))
+    for call in (lambda: extract_zip(path, tmp_path / "out"), lambda: _fetch(str(path), tmp_path / "raw", tmp_path)):
+        one_line_error(call, str(path), "20.0 MiB", "more than the 1.0 MiB allowed", "zip bomb",
+                       "nothing was unpacked", fetch.PAGE_URL)
+    assert opened == []  # refused from the central directory alone
+    assert [p.name for p in tmp_path.iterdir()] == ["bomb.zip"]
+
+
+def test_declared_size_beyond_the_default_limit_is_refused(tmp_path: Path) -> None:
+    """The real limit (2 GiB), met by a small zip whose directory declares 3 GB for one member."""
+    path = tmp_path / "huge.zip"
+    _zeros_zip(path, 1000)
+    _patch_headers(path, local={22: 3_000_000_000}, central={24: 3_000_000_000})
+    assert fetch.MAX_UNPACKED_BYTES == 2 * 1024**3
+    one_line_error(lambda: extract_zip(path, tmp_path / "out"), str(path), "2,861.0 MiB", "2,048.0 MiB allowed")
+    assert [p.name for p in tmp_path.iterdir()] == ["huge.zip"]
+
+
+def test_unpacked_bytes_are_counted_even_beyond_the_declared_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Declared sizes can lie. Python's zipfile stops at the declared size (see the next test); should a
+    reader ever follow the compressed stream instead, the bytes actually written still stop at the limit."""
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{layout.ARCHIVE_ROOT}/small.txt", b"x" * 100)
+    monkeypatch.setattr(fetch, "MAX_UNPACKED_BYTES", 2**20)
+    served: list[int] = []
+
+    class Stream(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            served.append(len(chunk))
+            return chunk
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *args, **kwargs: Stream(bytes(5 * 2**20)))
+    one_line_error(lambda: extract_zip(path, tmp_path / "out"), str(path), f"'{layout.ARCHIVE_ROOT}/small.txt'",
+                   "unpacks past the 1.0 MiB allowed", "more than its zip declares", "zip bomb")
+    assert 2**20 < sum(served) <= 2 * 2**20  # stopped within a chunk of the limit, not after all 5 MiB
+    assert [p.name for p in tmp_path.iterdir()] == ["liar.zip"]
+
+
+def test_member_larger_than_declared_stops_at_the_declared_size(tmp_path: Path) -> None:
+    """20 MB of zeros declared as 1000 bytes: zipfile writes 1000 bytes, then the CRC check fails."""
+    path = tmp_path / "liar.zip"
+    _zeros_zip(path, 20 * 2**20)
+    _patch_headers(path, local={22: 1000}, central={24: 1000})
+    one_line_error(lambda: extract_zip(path, tmp_path / "out"), str(path), "corrupt or truncated zip", "CRC")
+    assert [p.name for p in tmp_path.iterdir()] == ["liar.zip"]
+
+
+def test_zip_with_too_many_members_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for index in range(6):
+            archive.writestr(f"{layout.ARCHIVE_ROOT}/empty{index}.txt", b"")
+    monkeypatch.setattr(fetch, "MAX_MEMBERS", 5)
+    one_line_error(lambda: extract_zip(path, tmp_path / "out"), str(path), "6 members, more than the 5 allowed")
+    assert [p.name for p in tmp_path.iterdir()] == ["many.zip"]
+
+
+def test_full_disk_while_unpacking_names_the_output_and_keeps_the_earlier_one(
+    archive: Path, generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "raw"
+    shutil.copytree(generated, out)
+    before = _files(out)
+    monkeypatch.setattr(fetch, "open", FullDisk(10_000), raising=False)
+    one_line_error(lambda: extract_zip(archive, tmp_path / "out"),
+                   f"{tmp_path / 'out'}: no space left on device while writing {layout.ARCHIVE_ROOT}/resources/")
+    monkeypatch.setattr(fetch, "open", FullDisk(10_000), raising=False)
+    message = one_line_error(lambda: _fetch(str(archive), out, tmp_path / "cache"),
+                             f"{out}: no space left on device while unpacking {archive}", "free space")
+    assert ".unpack-" not in message and ".partial-" not in message
+    assert _files(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
 
 
 def test_missing_zip_is_reported(tmp_path: Path) -> None:

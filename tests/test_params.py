@@ -1,4 +1,5 @@
 import copy
+import re
 import math
 from pathlib import Path
 
@@ -176,8 +177,25 @@ def test_categorical_loss_needs_several_classes(defaults):
     bad["train"]["loss"] = "cce"
     one_line_error(lambda: params.validate(bad), "train.loss = 'cce' needs several classes but task 'binary'")
     del bad["tasks"]["binary"]
-    bad["transfer"]["init_from"] = "multiclass"
+    bad["tasks"]["exudates"] = {"hard": ["hardexudates"], "soft": ["softexudates"]}
+    bad["transfer"]["init_from"] = "exudates"
     params.validate(bad)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("task", "segmentation", "transfer.task = 'segmentation' is not a task; expected one of binary, multiclass"),
+    ("task", "binary", "transfer.init_from = 'binary' is transfer.task, the task being trained; name another task"),
+])
+def test_transfer_names_two_different_tasks(defaults, key, value, expected):
+    bad = copy.deepcopy(defaults)
+    bad["transfer"][key] = value
+    one_line_error(lambda: params.validate(bad), expected)
+
+
+def test_variants_are_every_task_then_the_transferred_one(defaults):
+    assert params.validate(defaults).variants == ["binary", "multiclass", "multiclass_transfer"]
+    defaults["tasks"]["bright"] = {"bright": ["hardexudates", "softexudates"]}
+    assert params.validate(defaults).variants == ["binary", "multiclass", "bright", "multiclass_transfer"]
 
 
 def test_tasks_name_known_lesion_types(defaults):
@@ -295,3 +313,166 @@ def test_a_task_or_class_name_that_yaml_reads_as_no_string_is_a_one_line_error(d
     bad = copy.deepcopy(defaults)
     change(bad["tasks"])
     one_line_error(lambda: params.validate(bad), "tasks.")
+
+
+# --- Params as people write them -------------------------------------------------------------------------
+
+
+def written(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def with_line(key, value):
+    """The project's params.yaml with the (unique, two-space indented) line ``key:`` set to ``value``."""
+    text = (PROJECT / "params.yaml").read_text()
+    text, count = re.subn(rf"^  {key}: .*$", f"  {key}: {value}", text, flags=re.M)
+    assert count == 1
+    return text
+
+
+def line_of(text, prefix, occurrence=0):
+    return [number for number, line in enumerate(text.splitlines(), 1) if line.startswith(prefix)][occurrence]
+
+
+@pytest.mark.parametrize("key, text, value", [("lr", "1e-4", 1e-4), ("lr", "1E-4", 1e-4), ("lr", "5e-06", 5e-6),
+                                              ("lr", "1.0e-4", 1e-4), ("lr", "1e0", 1.0),
+                                              ("rotation_deg", "1E+1", 10.0), ("dropout", ".5", 0.5)])
+def test_a_number_written_with_an_exponent_is_a_number(tmp_path, key, text, value):
+    """YAML 1.1 (PyYAML) reads 1e-4 as the text '1e-4'; papers and the tutorial write the rate so."""
+    path = written(tmp_path, with_line(key, text))
+    flat = params.flatten(params.read(path))
+    name = next(name for name in flat if name.endswith(f".{key}"))
+    assert flat[name] == value and type(flat[name]) is float
+    block = name.split(".")[0]
+    assert getattr(getattr(params.load(path), block), key) == value
+
+
+@pytest.mark.parametrize("value", ["1e-4", "1e-5", "3E-6", "2.5e-5", "0.01"])
+def test_a_rate_set_with_dvc_exp_run_is_read_as_dvc_reads_it(tmp_path, value):
+    """``dvc exp run -S train.lr=1e-5`` writes ``lr: 1e-05`` (1e-4 it writes as 0.0001) with DVC's own code."""
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize import load_yaml
+    path = written(tmp_path, (PROJECT / "params.yaml").read_text())
+    apply_overrides(path, [f"train.lr={value}"])
+    assert params.load(path).train.lr == float(value)
+    assert params.read(path) == load_yaml(path)  # `dvc params diff` and `dvc exp show` see the same values
+
+
+@pytest.mark.parametrize("text", ["1e-4", "1E+3", "1e4", "-1e-4", "+1e4", "1.e5", "1.0e-4", "1.0e4", "1_0e-4",
+                                  "1.5e-05", ".5", "-.5", "+.5", ".5e-3", "1.", "10", "0.1", "-0", "1_000",
+                                  "1e", "e4", ".5e3", "1e-4.5", "1.2.3", "0x1A", ".", "1-27", "2e", ".e1"])
+def test_numbers_read_as_dvc_reads_them(tmp_path, text):
+    """DVC reads params with ruamel's YAML 1.2; params.read agrees on every number form (and what is text)."""
+    from dvc.utils.serialize import load_yaml
+    path = written(tmp_path, f"v: {text}\n")
+    ours, dvc = params.read(path)["v"], load_yaml(path)["v"]
+    assert (ours, type(ours)) == (dvc, type(dvc))
+
+
+def test_the_loader_leaves_pyyaml_safe_load_alone():
+    assert yaml.safe_load("v: 1e-4") == {"v": "1e-4"}
+
+
+def test_a_key_written_twice_names_the_key_and_both_lines(tmp_path):
+    text = with_line("epochs", "15\n  lr: 0.01")
+    path = written(tmp_path, text)
+    first, second = line_of(text, "  lr:"), line_of(text, "  lr:", 1)
+    one_line_error(lambda: params.load(path),
+                   f"{path}: key 'train.lr' is written twice, on lines {first} and {second}; keep one")
+
+
+def test_a_block_written_twice_names_the_block_and_both_lines(tmp_path):
+    text = (PROJECT / "params.yaml").read_text() + "\ntrain:\n  lr: 0.01\n"
+    path = written(tmp_path, text)
+    first, second = line_of(text, "train:"), line_of(text, "train:", 1)
+    one_line_error(lambda: params.load(path), f"{path}: block 'train' is written twice, on lines {first} and {second}")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tasks:\n  binary:\n    red: [hemorrhages]\n    red: [redsmalldots]\n",
+     "key 'tasks.binary.red' is written twice, on lines 3 and 4"),
+    ("a:\n  - {x: 1, x: 2}\n", "key 'a[0].x' is written twice, on lines 2 and 2"),
+    ("a: &one {x: 1}\nb:\n  <<: *one\n  x: 2\n  y: *one\n", None),  # a merge key overriding is no duplicate
+    ("a: {x: 1, 'x': 2}\n", "key 'a.x' is written twice"),
+    ("a: {1: 1, '1': 2}\n", None),  # an integer and a text key are two keys
+])
+def test_duplicate_keys_at_any_level(tmp_path, text, expected):
+    path = written(tmp_path, text)
+    if expected is None:
+        params.read(path)
+    else:
+        one_line_error(lambda: params.read(path), f"{path}: {expected}")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -0.1])
+def test_prepare_threshold_must_be_above_zero(defaults, value):
+    """binarize() counts confidence >= threshold as lesion, so 0 makes every pixel a lesion."""
+    rejected(defaults, "prepare", "threshold", value,
+             f"prepare.threshold = {value!r} is not allowed; expected a number above 0 up to 1")
+
+
+@pytest.mark.parametrize("value", [1e-6, 0.5, 1, 1.0])
+def test_prepare_threshold_up_to_one(defaults, value):
+    good = copy.deepcopy(defaults)
+    good["prepare"]["threshold"] = value
+    assert params.validate(good).prepare.threshold == value
+
+
+BAD_NAMES = {"my task": "my task", "1st": "1st", "_binary": "_binary", "-binary": "-binary", "a" * 41: "a" * 41,
+             "bin/ary": "bin/ary", "bin.ary": "bin.ary", "binär": "binär", "a{b}": "a{b}",
+             "": "''", "x\n": "'x\\n'", " x": "' x'"}  # name -> as the message shows it
+GOOD_NAMES = ["a" * 40, "B", "bin-ary_2", "Binary"]
+
+
+@pytest.mark.parametrize("name, shown", BAD_NAMES.items())
+def test_a_task_name_must_be_safe_as_a_file_name(defaults, name, shown):
+    bad = copy.deepcopy(defaults)
+    bad["tasks"][name] = {"hemorrhages": ["hemorrhages"]}
+    one_line_error(lambda: params.validate(bad), f"params.yaml: tasks.{shown}: a task name names files",
+                   "letters, digits, _ and -, starting with a letter, at most 40 characters")
+
+
+@pytest.mark.parametrize("name, shown", BAD_NAMES.items())
+def test_a_class_name_must_be_safe_as_a_file_name(defaults, name, shown):
+    bad = copy.deepcopy(defaults)
+    bad["tasks"]["multiclass"][name] = ["hemorrhages"]
+    one_line_error(lambda: params.validate(bad), f"params.yaml: tasks.multiclass.{shown}: a class name names files",
+                   "letters, digits, _ and -, starting with a letter, at most 40 characters")
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_safe_task_and_class_names_are_accepted(defaults, name):
+    good = copy.deepcopy(defaults)
+    good["tasks"][name] = {name: ["hemorrhages"]}
+    assert params.validate(good).task(name).lesion_names == [name]
+
+
+#: The top-level keys of eval.json, beside which each class's scores are written under the class name.
+EVAL_JSON_KEYS = ("macro", "micro", "per_image", "task", "variant", "thresholds", "threshold_source",
+                  "threshold_beta", "min_component_px", "drop_on_optic_disc", "pr_thresholds", "core_threshold",
+                  "n_images", "lesion_classes")
+
+
+@pytest.mark.parametrize("name", EVAL_JSON_KEYS)
+def test_a_class_name_must_not_clash_with_an_eval_json_key(defaults, name):
+    bad = copy.deepcopy(defaults)
+    bad["tasks"]["multiclass"][name] = ["hemorrhages"]
+    one_line_error(lambda: params.validate(bad), f"params.yaml: tasks.multiclass.{name}: eval.json writes each "
+                   f"class's scores under its name beside its own key '{name}', so choose another class name")
+
+
+def test_the_reserved_class_names_are_the_keys_eval_json_writes():
+    """Score a tiny random task and compare the summary's own keys with the names params.py reserves."""
+    import numpy as np
+    from retinaseg.score import Scoring, score
+    task = Task("multiclass", {"red": ("hemorrhages",), "bright": ("hardexudates",)})
+    rng = np.random.default_rng(0)
+    shape = (2, 32, 32, task.num_planes)
+    reference = {"images": rng.integers(0, 255, (*shape[:3], 3), dtype=np.uint8), "fov": np.ones(shape[1:3], bool),
+                 "ids": np.arange(1, 3), task.name: rng.random(shape) > 0.8,
+                 f"core_{task.name}": rng.random(shape) > 0.9}
+    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", 1.0, 1, False, 11)
+    summary, _, _ = score(reference, rng.random(shape).astype(np.float32), task, scoring, "v", 0.75)
+    assert set(summary) - set(task.lesion_names) == set(params.EVAL_KEYS) == set(EVAL_JSON_KEYS)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -53,11 +54,9 @@ def commit(repo, message):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
 
 
-@pytest.fixture(scope="session")
-def reproduced(tmp_path_factory):
-    """The project copied into a fresh git repo, reproduced once on tiny data and committed. Read only."""
-    repo = tmp_path_factory.mktemp("reproduced") / "project"
-    repo.mkdir()
+def tiny_project(repo: Path) -> Path:
+    """The project copied into a new git repo at ``repo``, with tiny params, committed, never reproduced."""
+    repo.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(PROJECT / name, repo / name)
     for folder in ("stages", "src", ".dvc"):
@@ -65,6 +64,13 @@ def reproduced(tmp_path_factory):
     set_params(repo, TINY)
     run(["git", "init", "-q"], repo)
     commit(repo, "tiny")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """The project copied into a fresh git repo, reproduced once on tiny data and committed. Read only."""
+    repo = tiny_project(tmp_path_factory.mktemp("reproduced") / "project")
     repo.joinpath("first_repro.log").write_text(run(["dvc", "repro"], repo).stdout)
     commit(repo, "reproduced")
     return repo
@@ -83,15 +89,16 @@ def test_repro_writes_every_declared_output(reproduced):
     repo = reproduced
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
-    assert {"data/raw", "data/prepared", "data/augmented", "models/binary", "metrics/comparison.md"} <= set(outs)
+    assert {"data/raw", "data/prepared", "data/augmented", "models/binary", "metrics/comparison.md",
+            "data/predictions/multiclass_transfer", "metrics/train/binary/train_curve.tsv"} <= set(outs)
     for path in outs:
         assert (repo / path).exists(), path
     for variant in VARIANTS:
         assert (repo / "models" / variant / "model.keras").stat().st_size > 0
-        curve = (repo / "metrics" / variant / "train_curve.tsv").read_text().splitlines()
+        curve = (repo / "metrics" / "train" / variant / "train_curve.tsv").read_text().splitlines()
         assert curve[0].split("\t")[:3] == ["epoch", "dice", "loss"] and len(curve) == 3
         assert [line.split("\t")[0] for line in curve[1:]] == ["0", "1"]
-        evaluation = json.loads((repo / "metrics" / variant / "eval.json").read_text())
+        evaluation = json.loads((repo / "metrics" / "eval" / variant / "eval.json").read_text())
         assert evaluation["n_images"] == 3 and len(evaluation["per_image"]) == 3
         for name in evaluation["lesion_classes"]:
             assert {"lesion_sensitivity", "fp_components_per_image", "image_sensitivity",
@@ -103,13 +110,14 @@ def test_repro_writes_every_declared_output(reproduced):
             assert 0 <= core["predicted_fov_share"] <= 1 and 0 <= core["reference_fov_share"] <= 1
             assert {"tp", "fp", "fn", "lesions"} <= set(evaluation["per_image"][0][name]["core"])
             assert evaluation["threshold_source"] == "validation" and 0 < evaluation["thresholds"][name] < 1
-            curve = json.loads((repo / "metrics" / variant / "pr_curves" / f"{name}.json").read_text())
+            curve = json.loads((repo / "metrics" / "eval" / variant / "pr_curves" / f"{name}.json").read_text())
             assert len(curve) == 11 and {"threshold", "precision", "recall"} <= set(curve[0])
-        assert len(list((repo / "metrics" / variant / "overlays").glob("*.png"))) == 1
+        assert len(list((repo / "metrics" / "eval" / variant / "overlays").glob("*.png"))) == 1
     table = (repo / "metrics" / "comparison.md").read_text()
     assert "| binary | scratch | hemorrhages |" in table and "| multiclass_transfer | binary | red |" in table
     assert (repo / "metrics" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(repo.rglob(".*.partial-*"))
+    assert not (repo / "checkpoints").exists() or not any((repo / "checkpoints").iterdir()), "progress removed"
 
 
 @pytest.mark.slow
@@ -166,13 +174,12 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
 
 
 @pytest.mark.slow
-def test_second_repro_runs_nothing_and_lr_change_reruns_only_training(workspace):
-    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == []
-    set_params(workspace, {"train": {"lr": 0.002}})
-    assert "train.lr" in run(["dvc", "params", "diff"], workspace).stdout
+def test_second_repro_runs_nothing_and_an_evaluate_change_reruns_only_evaluation(workspace):
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["source"]  # always run; changes nothing
+    set_params(workspace, {"evaluate": {"min_component_px": 5}})
+    assert "evaluate.min_component_px" in run(["dvc", "params", "diff"], workspace).stdout
     assert ran_stages(run(["dvc", "repro"], workspace).stdout) == [
-        "compare", "evaluate@binary", "evaluate@multiclass", "evaluate@multiclass_transfer",
-        "train@binary", "train@multiclass", "transfer"]
+        "compare", "evaluate@binary", "evaluate@multiclass", "evaluate_transfer", "source"]
 
 
 @pytest.mark.slow
@@ -182,27 +189,27 @@ def test_bad_param_fails_before_work_naming_the_key(workspace):
     assert result.returncode != 0
     assert "model.depth = 9 is not allowed; expected an integer from 2 to 6" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
-    started = ran_stages(result.stdout)  # the first stage whose params changed stops at once
-    assert len(started) == 1 and started[0] in ("train@binary", "train@multiclass")
+    assert ran_stages(result.stdout) == ["source"], "the first stage, which always runs, stops the pipeline"
 
 
 @pytest.mark.slow
-def test_experiment_with_another_loss_is_listed(workspace):
-    run(["dvc", "exp", "run", "-S", "train.loss=bce", "--name", "bce-loss"], workspace)
+def test_experiment_is_listed_with_its_params(workspace):
+    run(["dvc", "exp", "run", "-S", "evaluate.threshold_beta=1", "--name", "f1-thresholds"], workspace)
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], workspace).stdout
-    assert "bce-loss" in shown and "bce" in shown and "dice" in shown
+    assert "f1-thresholds" in shown and "evaluate.threshold_beta" in shown
 
 
 @pytest.mark.slow
 def test_temp_experiment_logs_into_the_workspace_store(workspace):
     from mlflow.tracking import MlflowClient
 
-    run(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.003", "--name", "temp-lr"], workspace)
+    # Only what the binary model needs: the run lands in the store all the same.
+    run(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.003", "--name", "temp-lr", "evaluate@binary"], workspace)
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace}/mlflow.db")
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
     tagged = client.search_runs([experiment.experiment_id], "tags.dvc_exp_name = 'temp-lr'")
-    assert sorted(r.info.run_name for r in tagged) == sorted(VARIANTS)
-    assert all(r.data.params["train.lr"] == "0.003" and "test_macro_f1" in r.data.metrics for r in tagged)
+    assert [r.info.run_name for r in tagged] == ["binary"]
+    assert tagged[0].data.params["train.lr"] == "0.003" and "test_macro_f1" in tagged[0].data.metrics
 
 
 @pytest.mark.slow
@@ -213,5 +220,52 @@ def test_score_command_rewrites_the_evaluate_stage_eval_json(reproduced, tmp_pat
         out = tmp_path / f"{variant}.json"
         run([sys.executable, "-m", "retinaseg.score", "--reference", "data/prepared/test",
              "--predictions", f"data/predictions/{variant}", "--task", task,
-             "--rules", f"metrics/{variant}/eval.json", "--out", str(out)], reproduced)
-        assert out.read_bytes() == (reproduced / "metrics" / variant / "eval.json").read_bytes()
+             "--rules", f"metrics/eval/{variant}/eval.json", "--out", str(out)], reproduced)
+        assert out.read_bytes() == (reproduced / "metrics" / "eval" / variant / "eval.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_task_added_in_params_is_prepared_trained_evaluated_and_compared(workspace):
+    """dvc.yaml lists no task: its stages come from `tasks` in params.yaml."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["tasks"]["bright"] = {"exudates": ["hardexudates", "softexudates"]}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = run(["dvc", "stage", "list", "--name-only"], workspace).stdout.split()
+    assert {"train@bright", "evaluate@bright"} <= set(stages)
+    ran = ran_stages(run(["dvc", "repro", "evaluate@bright"], workspace).stdout)  # not the other tasks' retraining
+    ran += ran_stages(run(["dvc", "repro", "--single-item", "compare"], workspace).stdout)
+    assert ran == ["augment", "evaluate@bright", "prepare", "source", "train@bright", "compare"]
+    evaluation = json.loads((workspace / "metrics" / "eval" / "bright" / "eval.json").read_text())
+    assert evaluation["lesion_classes"] == ["exudates"]
+    assert "| bright | scratch | exudates |" in (workspace / "metrics" / "comparison.md").read_text()
+    assert (workspace / "data" / "prepared" / "train" / "masks_bright.npy").exists()
+
+
+@pytest.mark.slow
+def test_a_changed_file_in_a_local_source_reruns_fetch_and_an_unchanged_one_nothing(workspace):
+    import time
+
+    from PIL import Image
+
+    source = workspace / "local_copy"
+    shutil.copytree(workspace / "data" / "raw", source)
+    set_params(workspace, {"data": {"source": str(source)}})
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["compare", "fetch", "source"], \
+        "the same files from another place: prepare and training stay as they are (compare declares data.source)"
+    started = time.perf_counter()
+    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["source"]
+    assert time.perf_counter() - started <= 3.0, "an unchanged source costs a no-op repro at most 3 s"
+    maps = sorted((source / "resources" / "images" / "ddb1_groundtruth" / "hemorrhages").glob("*.png"))
+    pixels = np.array(Image.open(maps[0]))
+    pixels[:8, :8] = 21
+    Image.fromarray(pixels).save(maps[0])
+    assert ran_stages(run(["dvc", "repro", "fetch"], workspace).stdout) == ["fetch", "source"]
+
+
+@pytest.mark.slow
+def test_same_inputs_give_byte_identical_eval_json_and_an_empty_metrics_diff(workspace, reproduced):
+    run(["dvc", "repro", "--force", "--single-item", "evaluate@binary", "evaluate_transfer"], workspace)
+    for variant in ("binary", "multiclass_transfer"):
+        path = Path("metrics") / "eval" / variant / "eval.json"
+        assert (workspace / path).read_bytes() == (reproduced / path).read_bytes()
+    assert run(["dvc", "metrics", "diff", "--json"], workspace).stdout.strip() in ("", "{}")

@@ -48,7 +48,7 @@ def inputs(arrays: Path) -> dict:
 
 
 def outputs(folder: Path, name: str) -> training.Outputs:
-    return training.Outputs(folder / "models" / name, folder / f"{name}.tsv")
+    return training.Outputs(folder / "models" / name, folder / f"{name}.tsv", folder / "checkpoints" / name)
 
 
 def test_validation_ids_are_a_seeded_subset_of_training_ids():
@@ -84,10 +84,24 @@ def test_nan_loss_stops_with_a_clear_message_and_no_outputs(arrays, tmp_path, mo
         return make_dataset(*args, **kwargs).map(lambda x, y: (x, y * np.nan))
 
     monkeypatch.setattr(training, "make_dataset", poisoned)
-    with pytest.raises(PipelineError, match=r"train \w+: the loss became NaN at epoch 1; lower train.lr"):
+    with pytest.raises(PipelineError, match=r"train \w+: the loss became nan at epoch 1; lower train.lr"):
         training.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
     assert list((tmp_path / "models").iterdir()) == [], "no model folder, not even a partial one"
     assert not list(tmp_path.glob("*.tsv")), "no training curve, not even a partial one"
+
+
+@pytest.mark.usefixtures("mlflow_store")
+def test_infinite_loss_stops_like_nan(arrays, tmp_path, monkeypatch):
+    """TerminateOnNaN also stops on infinity; the stage must then fail, not report success."""
+    from keras import ops
+
+    def infinite(y_true, y_pred):
+        return ops.mean(y_pred) * 0 + np.inf
+
+    monkeypatch.setattr(training.losses, "build_loss", lambda *args: infinite)
+    with pytest.raises(PipelineError, match=r"train \w+: the loss became inf at epoch 1; lower train.lr"):
+        training.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
+    assert list((tmp_path / "models").iterdir()) == [], "no model folder, not even a partial one"
 
 
 class WeightRecorder(keras.callbacks.Callback):
@@ -119,7 +133,7 @@ def same(first: list[np.ndarray], second: list[np.ndarray]) -> bool:
 def test_transfer_freezes_the_encoder_for_the_frozen_epochs_then_trains_it(arrays, tmp_path, monkeypatch):
     raw = params.read(PROJECT / "params.yaml")
     checked = params.validate({**raw, "model": MODEL.model_dump(), "train": TRAIN.model_dump() | {"epochs": 2},
-                               "transfer": {"init_from": "binary", "freeze_encoder_epochs": 1}})
+                               "transfer": {"task": "multiclass", "init_from": "binary", "freeze_encoder_epochs": 1}})
     train, frozen = checked.train, checked.transfer.freeze_encoder_epochs  # params that validation accepts
     logged = []  # MLflow's model logging (seconds per run) is not what this test is about
     monkeypatch.setattr(importlib.import_module("mlflow.tensorflow"), "log_model",  # the module, not a lazy loader

@@ -24,10 +24,10 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from retinaseg import layout
-from retinaseg.atomic import atomic_path
+from retinaseg.atomic import DiskFull, atomic_path, disk_full_reason
 from retinaseg.dataset import DiaretDB1
 from retinaseg.errors import PipelineError
-from retinaseg.params import DataParams
+from retinaseg.params import SOURCE_KEYWORDS, DataParams
 from retinaseg.synthetic import generate
 
 PAGE_URL = "http://www.it.lut.fi/project/imageret/diaretdb1/"
@@ -37,8 +37,22 @@ ARCHIVE_URL = PAGE_URL + layout.ARCHIVE_NAME
 ARCHIVE_SIZE: int | None = None
 ARCHIVE_SHA256: str | None = None
 
-#: Keywords accepted by data.source besides a path to a zip file or folder.
-SOURCES = ("synthetic", "diaretdb1")
+# Limits that stop a hostile or broken zip before it fills the disk. DIARETDB1 holds
+# 89 fundus images (1500x1152 RGB) and 4 x 89 lesion maps (1500x1152, 8 bit): even
+# stored as uncompressed bitmaps that is 89 * (5.2 MB + 4 * 1.7 MB) = 1.07 GB, and the
+# real files are compressed images, a fraction of that. 2 GiB is twice that worst case.
+# Deflate reaches ~1000:1, so a zip of a few MB can declare gigabytes; the limit applies
+# to the sizes the members declare (checked before anything is written) and to the bytes
+# actually unpacked (counted while writing), whichever is reached first. A per-member
+# compression-ratio limit is not used: legitimate files such as the two-valued fundus
+# mask can compress by hundreds to one, close to deflate's maximum, so no ratio separates
+# them from a bomb; the byte limit bounds the damage whatever the ratio.
+#: Most bytes a zip may unpack to (declared or actual).
+MAX_UNPACKED_BYTES = 2 * 1024**3
+#: Most members a zip may hold (the official one: 89 images, 356 lesion maps and a few more files).
+MAX_MEMBERS = 10_000
+#: General-purpose flag bit 0 of a zip member: its data is encrypted (ZipCrypto, AES, strong encryption).
+_ENCRYPTED = 0x1
 
 _CHUNK = 1 << 20
 _BY_HAND = (
@@ -84,6 +98,11 @@ def download(
                 raise PipelineError(_failed(url, f"HTTP {err.code} {err.reason}")) from err
             failure = err
         except (OSError, http.client.HTTPException) as err:
+            if reason := disk_full_reason(err):
+                kept = part.stat().st_size if part.exists() else 0
+                raise DiskFull(dest, reason, doing=(
+                    f"downloading {url} (the {kept} bytes received so far are kept in {part} for the next run "
+                    "to resume; delete it to start over)")) from err
             failure = err
         if attempt < retries:
             delay = 2 ** (attempt - 1)
@@ -104,21 +123,31 @@ def extract_zip(zip_path: Path, target_dir: Path) -> None:
     """Unpack ``zip_path`` into ``target_dir`` all or nothing, refusing members that could escape it.
 
     Extraction reads every member to its end, so CRC errors and truncation surface here.
+    Encrypted members, and zips past ``MAX_MEMBERS`` or ``MAX_UNPACKED_BYTES`` (as declared
+    or as actually unpacked), are refused with one line before they fill the disk.
     """
     zip_path = Path(zip_path)
     if not zip_path.is_file():
         raise PipelineError(f"missing zip file {zip_path}; {_BY_HAND}")
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            for member in archive.infolist():
+            members = archive.infolist()
+            for member in members:
+                if member.flag_bits & _ENCRYPTED:
+                    raise PipelineError(
+                        f"{zip_path}: member {member.filename!r} is encrypted (password-protected), which the "
+                        f"official {layout.ARCHIVE_NAME} is not; {_BY_HAND} (for a zip of your own, extract it "
+                        "with its password first)"
+                    )
                 problem = _unsafe(member)
                 if problem:
                     raise PipelineError(
                         f"{zip_path}: refusing member {member.filename!r} ({problem}); "
                         f"use the official {layout.ARCHIVE_NAME}"
                     )
+            _check_size(zip_path, members)
             with atomic_path(target_dir, is_dir=True) as tmp:
-                archive.extractall(tmp)
+                _unpack(zip_path, archive, members, tmp)
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise PipelineError(
             f"{zip_path}: corrupt or truncated zip ({_oneline(err)}); delete it and download it again, or {_BY_HAND}"
@@ -156,7 +185,7 @@ def fetch_dataset(data: DataParams, out_dir: Path, *, cache_dir: Path) -> None:
         with atomic_path(out_dir, is_dir=True) as tmp:
             shutil.copytree(root, tmp, dirs_exist_ok=True)
     else:
-        keywords = " or ".join(repr(keyword) for keyword in SOURCES)
+        keywords = " or ".join(repr(keyword) for keyword in SOURCE_KEYWORDS)
         raise PipelineError(
             f"data.source: {source!r} is neither {keywords} nor an existing zip file or folder; "
             "set data.source in params.yaml to one of these"
@@ -200,8 +229,15 @@ def _verify(url: str, part: Path, *, sha256: str | None, size: int | None) -> No
     if problem:
         part.unlink()
         raise PipelineError(f"{url}: the download has {problem} and was deleted; run again, or {_BY_HAND}")
-    if sha256 is None or size is None:
-        logger.warning("%s is not verified: size=%d sha256=%s; record them in %s", url, actual_size, digest, __name__)
+    if sha256 is None and size is None:
+        logger.warning("%s is not verified: neither its size nor its sha256 is recorded to check against; "
+                       "size=%d sha256=%s; record them in %s", url, actual_size, digest, __name__)
+    elif sha256 is None:
+        logger.warning("%s is not verified: its size matched, but no sha256 is recorded to check against; "
+                       "size=%d sha256=%s; record the sha256 in %s", url, actual_size, digest, __name__)
+    elif size is None:
+        logger.warning("%s matched its recorded sha256; its size was not checked (none recorded): "
+                       "size=%d; record it in %s", url, actual_size, __name__)
 
 
 def _verified(archive: Path) -> bool:
@@ -216,7 +252,12 @@ def _verified(archive: Path) -> bool:
 def _install_zip(zip_path: Path, out_dir: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.unpack-", dir=out_dir.parent) as staging:
         unpacked = Path(staging) / "unpacked"
-        extract_zip(zip_path, unpacked)
+        try:
+            extract_zip(zip_path, unpacked)
+        except DiskFull as err:  # it names the staging folder, which the user never sees
+            raise DiskFull(out_dir, err.reason, doing=(
+                f"unpacking {zip_path} (the partial output was deleted, any earlier version is unchanged)"
+            )) from err.__cause__
         root = _validate(unpacked, shown_as=str(zip_path))
         with atomic_path(out_dir, is_dir=True) as tmp:
             for child in root.iterdir():
@@ -232,6 +273,58 @@ def _validate(folder: Path, *, shown_as: str) -> Path:
     except PipelineError as err:
         raise PipelineError(str(err).replace(str(folder), shown_as)) from err
     return dataset.root
+
+
+def _check_size(zip_path: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before writing anything, a zip whose members are too many or declare too many bytes."""
+    declared = sum(member.file_size for member in members)
+    if len(members) > MAX_MEMBERS:
+        found = f"{len(members)} members, more than the {MAX_MEMBERS} allowed"
+    elif declared > MAX_UNPACKED_BYTES:
+        found = f"members that unpack to {_mib(declared)}, more than the {_mib(MAX_UNPACKED_BYTES)} allowed"
+    else:
+        return
+    raise PipelineError(
+        f"{zip_path}: refusing a zip with {found} (DIARETDB1 needs far less; a damaged file or a zip bomb); "
+        f"nothing was unpacked; {_BY_HAND}"
+    )
+
+
+def _unpack(zip_path: Path, archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], folder: Path) -> None:
+    """Write every member under ``folder``, counting the bytes actually unpacked against the limit.
+
+    Python's zipfile already stops a member at its declared size (and then fails its CRC
+    check); the count also holds if a reader ever trusts the compressed stream instead.
+    """
+    written = 0
+    for member in members:
+        parts = [part for part in member.filename.split("/") if part not in ("", ".")]
+        if not parts:
+            continue
+        path = folder.joinpath(*parts)
+        if member.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(member) as source, open(path, "wb") as target:
+            while chunk := source.read(_CHUNK):
+                written += len(chunk)
+                if written > MAX_UNPACKED_BYTES:
+                    raise PipelineError(
+                        f"{zip_path}: member {member.filename!r} unpacks past the {_mib(MAX_UNPACKED_BYTES)} "
+                        "allowed, more than its zip declares (a damaged file or a zip bomb); "
+                        f"the partial output was deleted; {_BY_HAND}"
+                    )
+                try:
+                    target.write(chunk)
+                except OSError as err:  # write() names no file; a full disk is reported with it
+                    if err.filename is None and disk_full_reason(err):
+                        raise OSError(err.errno, err.strerror, str(path)) from err
+                    raise
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:,.1f} MiB" if size >= 1024**2 else f"{size:,} bytes"
 
 
 def _unsafe(member: zipfile.ZipInfo) -> str | None:

@@ -87,6 +87,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, predicti
     """
     trained = load_trained(model_dir)
     run_id, task = trained.require("run_id"), trained.task
+    tracking.require_run(run_id, model_dir)  # first: a store that cannot be used stops the stage before any work
     thresholds, source = choose_thresholds(trained, prepared_dir, params)
     scoring = Scoring(dict(zip(task.lesion_names, thresholds)), source, params.threshold_beta,
                       params.min_component_px, params.drop_on_optic_disc, params.pr_thresholds)
@@ -95,7 +96,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, predicti
     summary, curves, predicted = score_folder(prepared_dir / "test", predictions_dir, task, scoring, variant)
     core = test[f"core_{task.name}"].astype(bool)
     _write_outputs(out_dir, summary, curves, test["images"][:params.n_overlays], core, predicted, task, variant)
-    _log(run_id, model_dir, out_dir, summary, params)
+    _log(run_id, out_dir, summary, params)
     return summary
 
 
@@ -114,10 +115,9 @@ def _write_outputs(out_dir: Path, summary: dict, curves: dict, images: np.ndarra
     write_json(out_dir / "eval.json", summary)
 
 
-def _log(run_id: str, model_dir: Path, out_dir: Path, summary: dict, params: EvaluateParams) -> None:
+def _log(run_id: str, out_dir: Path, summary: dict, params: EvaluateParams) -> None:
     import mlflow
 
-    tracking.require_run(run_id, model_dir)
     with mlflow.start_run(run_id=run_id):
         mlflow.set_tags({f"evaluate.{key}": value for key, value in params.model_dump().items()})
         mlflow.log_metrics(flat_test_metrics(summary))

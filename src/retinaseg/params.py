@@ -8,6 +8,7 @@ allowed values.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,9 +21,66 @@ from retinaseg.layout import LESION_TYPES, NUM_IMAGES
 from retinaseg.tasks import Task
 
 PARAMS_FILE = Path("params.yaml")
+#: Values of ``data.source`` that are not a path: the generated data and the official download.
+SOURCE_KEYWORDS = ("synthetic", "diaretdb1")
 LOSSES = ("dice", "bce", "dice_bce", "weighted_bce", "cce", "weighted_cce")
 #: Categorical losses need mutually exclusive planes, so at least two of them.
 MULTICLASS_LOSSES = ("cce", "weighted_cce")
+#: Task and class names become file and stage names (masks_<task>.npy, pr_curves/<class>.json, train@<task>).
+SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
+#: Top-level keys of eval.json, where each lesion class's scores sit beside them under the class name.
+EVAL_KEYS = ("macro", "micro", "per_image", "task", "variant", "thresholds", "threshold_source", "threshold_beta",
+             "min_component_px", "drop_on_optic_disc", "pr_thresholds", "core_threshold", "n_images",
+             "lesion_classes")
+#: The numeric floats of ruamel's YAML 1.2 resolver, which DVC reads params with. YAML 1.1 reads some of them
+#: as text: those without a dot (1e-4, 1E+3), with an unsigned exponent (1.0e4) or a signed leading dot (-.5).
+YAML12_FLOAT = re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                                |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                                |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?)$""", re.X)
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping key written twice, where PyYAML would silently keep the last value."""
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does and refusing a key written twice.
+
+    YAML 1.1 needs a dot and a signed exponent (``1.0e-4``): ``lr: 1e-4``, as papers write it, and the
+    ``lr: 1e-05`` that ``dvc exp run -S train.lr=1e-5`` writes would be text. DVC reads params.yaml with
+    ruamel (YAML 1.2), which reads both as floats and refuses duplicate keys too.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicate_keys(node, "", set())
+        return super().construct_document(node)
+
+
+# Appended after PyYAML's own resolvers, so every value YAML 1.1 already reads keeps its type.
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789."))
+
+
+def _refuse_duplicate_keys(node: yaml.Node, name: str, checked: set[int]) -> None:
+    """Raise DuplicateKeyError naming the first key written twice in a mapping at or under ``node``."""
+    if id(node) in checked:  # an alias of a node already checked
+        return
+    checked.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{name}[{index}]", checked)
+    elif isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
+                continue
+            key, line = f"{name}.{key_node.value}" if name else key_node.value, key_node.start_mark.line + 1
+            if (key_node.tag, key_node.value) in lines:
+                first = lines[key_node.tag, key_node.value]
+                raise DuplicateKeyError(f"{'key' if name else 'block'} '{key}' is written twice, on lines {first} "
+                                        f"and {line}; keep one (YAML would silently use the last)")
+            lines[key_node.tag, key_node.value] = line
+            _refuse_duplicate_keys(value_node, key, checked)
 
 
 def integer(low: int, high: int) -> Any:
@@ -76,8 +134,10 @@ class DataParams(Block):
 
 
 class PrepareParams(Block):
-    threshold: number(0.0, 1.0)
-    core_threshold: number(0.0, 1.0)
+    threshold: Annotated[float, Field(gt=0, le=1, description=(
+        "a number above 0 up to 1 (at 0 every pixel would be a lesion)"))]
+    core_threshold: Annotated[float, Field(gt=0, le=1, description=(
+        "a number above 0 up to 1 (at 0 every pixel would be core)"))]
     image_size: integer(16, 2048)
     crop_to_fundus: Boolean
     train_ids: Annotated[str | int, Field(description=(
@@ -140,6 +200,7 @@ class TrainParams(Block):
 
 
 class TransferParams(Block):
+    task: Annotated[str, Field(min_length=1, description="the name of a task in 'tasks'")]
     init_from: Annotated[str, Field(min_length=1, description="the name of a task in 'tasks'")]
     freeze_encoder_epochs: integer(0, 10000)
 
@@ -172,16 +233,12 @@ class Params(Block):
         if not isinstance(tasks, dict) or not tasks:
             raise PydanticCustomError("rule", "'tasks' must map task names to {class: [lesion types]}")
         for task, classes in tasks.items():
+            _check_name(f"tasks.{_shown(task)}", task, "a task name names files and stages (masks_<task>.npy, "
+                                                        "train@<task>)")
             if not isinstance(classes, dict) or not classes:
                 raise PydanticCustomError("rule", f"tasks.{task} must map class names to lists of lesion types")
             for name, lesions in classes.items():
-                if name == "background":
-                    raise PydanticCustomError("rule", f"tasks.{task}.background is reserved; "
-                                                      "the background plane is added automatically")
-                if (not isinstance(lesions, list) or not lesions
-                        or any(lesion not in LESION_TYPES for lesion in lesions)):
-                    raise PydanticCustomError("rule", f"tasks.{task}.{name} = {lesions!r}; expected a list of "
-                                                      f"lesion types from {', '.join(LESION_TYPES)}")
+                _check_class(task, name, lesions)
         return {task: {name: tuple(lesions) for name, lesions in classes.items()} for task, classes in tasks.items()}
 
     @model_validator(mode="after")
@@ -190,9 +247,13 @@ class Params(Block):
         if size % 2**depth:
             raise PydanticCustomError("rule", f"prepare.image_size = {size} is not divisible by 2^model.depth = "
                                               f"{2**depth}; choose a multiple of {2**depth} or a smaller model.depth")
-        if self.transfer.init_from not in self.tasks:
-            raise PydanticCustomError("rule", f"transfer.init_from = {self.transfer.init_from!r} is not a task; "
-                                              f"expected one of {', '.join(self.tasks)}")
+        for key in ("task", "init_from"):
+            if getattr(self.transfer, key) not in self.tasks:
+                raise PydanticCustomError("rule", f"transfer.{key} = {getattr(self.transfer, key)!r} is not a task; "
+                                                  f"expected one of {', '.join(self.tasks)}")
+        if self.transfer.task == self.transfer.init_from:
+            raise PydanticCustomError("rule", f"transfer.init_from = {self.transfer.init_from!r} is transfer.task, "
+                                              "the task being trained; name another task")
         frozen, epochs = self.transfer.freeze_encoder_epochs, self.train.epochs
         if frozen >= epochs:
             raise PydanticCustomError("rule", f"transfer.freeze_encoder_epochs = {frozen} leaves no epoch to train "
@@ -204,11 +265,42 @@ class Params(Block):
                                               f"'{single_class[0]}' has one; allowed for it: {allowed}")
         return self
 
+    @property
+    def variants(self) -> list[str]:
+        """Every trained model: one per task from scratch, then the transferred one."""
+        return [*self.tasks, f"{self.transfer.task}_transfer"]
+
     def task(self, name: str) -> Task:
         """The task ``name`` of ``tasks``; an unknown name is an error naming the known ones."""
         if name not in self.tasks:
             raise PipelineError(f"params.yaml: no task {name!r} under 'tasks'; known tasks: {', '.join(self.tasks)}")
         return Task(name, self.tasks[name])
+
+
+def _shown(name: Any) -> str:
+    """A name as an error message shows it: quoted when it is empty, has edge spaces or is unprintable."""
+    return name if isinstance(name, str) and name.isprintable() and name.strip() == name != "" else repr(name)
+
+
+def _check_name(key: str, name: Any, use: str) -> None:
+    """A task or class name must be safe as a file name; a name YAML reads as no text is left to the type check."""
+    if isinstance(name, str) and not SAFE_NAME.fullmatch(name):
+        raise PydanticCustomError("rule", f"{key}: {use}, so use letters, digits, _ and -, starting with a letter, "
+                                          "at most 40 characters")
+
+
+def _check_class(task: str, name: Any, lesions: Any) -> None:
+    """One class of a task: a safe name, not reserved, mapping to a list of known lesion types."""
+    key = f"tasks.{_shown(task)}.{_shown(name)}"
+    if name == "background":
+        raise PydanticCustomError("rule", f"{key} is reserved; the background plane is added automatically")
+    _check_name(key, name, "a class name names files (pr_curves/<class>.json)")
+    if name in EVAL_KEYS:
+        raise PydanticCustomError("rule", f"{key}: eval.json writes each class's scores under its name beside "
+                                          f"its own key '{name}', so choose another class name")
+    if not isinstance(lesions, list) or not lesions or any(lesion not in LESION_TYPES for lesion in lesions):
+        raise PydanticCustomError("rule", f"{key} = {lesions!r}; expected a list of "
+                                          f"lesion types from {', '.join(LESION_TYPES)}")
 
 
 BLOCKS = tuple(Params.model_fields)
@@ -220,11 +312,13 @@ def load(path: Path = PARAMS_FILE) -> Params:
 
 
 def read(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """The params file as plain YAML values, as ``dvc params diff`` shows them."""
+    """The params file as plain YAML values, as ``dvc params diff`` shows them (see ParamsLoader)."""
     try:
-        params = yaml.safe_load(path.read_text())
+        params = yaml.load(path.read_text(), Loader=ParamsLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the project root") from None
+    except DuplicateKeyError as error:
+        raise PipelineError(f"{path}: {error}".replace("\n", " ")) from None
     except yaml.YAMLError as error:
         raise PipelineError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from None
     if not isinstance(params, dict):

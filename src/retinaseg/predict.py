@@ -6,7 +6,7 @@
 ``--model`` is a ``model.keras`` file, a ``models/<variant>`` folder or an MLflow model URI
 (``runs:/<run_id>/model``, ``models:/<name>/<version>``). Each image gives ``DIR/<stem>.npy``
 (uint8 {0,1} class planes [H,W,C] at the image's own size) and ``DIR/<stem>_overlay.png``.
-Lesions are kept inside the field of view only. ``--eval metrics/<variant>/eval.json`` applies
+Lesions are kept inside the field of view only. ``--eval metrics/eval/<variant>/eval.json`` applies
 that evaluation's post-processing: its per-class thresholds (chosen on validation images),
 smallest component and optic-disc rule.
 """

@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from retinaseg import masks
-from retinaseg.atomic import atomic_path, write_json
+from retinaseg.atomic import atomic_path, open_memmap, write_json
 from retinaseg.dataset import DiaretDB1
 from retinaseg.errors import PipelineError
 from retinaseg.fundus import Box, crop_resize, fundus_box
@@ -123,11 +123,10 @@ def _store(arrays: dict[str, np.memmap], row: int, sample: tuple[np.ndarray, ...
 
 def _open_set(folder: Path, count: int, size: int, tasks: Sequence[Task]) -> dict[str, np.memmap]:
     folder.mkdir(parents=True)
-    arrays = {"images": np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (count, size, size, 3))}
+    arrays = {"images": open_memmap(folder / "images.npy", np.uint8, (count, size, size, 3))}
     for task in tasks:
         shape = (count, size, size, task.num_planes)
-        arrays[task.name] = np.lib.format.open_memmap(folder / f"masks_{task.name}.npy", "w+", np.uint8, shape)
+        arrays[task.name] = open_memmap(folder / f"masks_{task.name}.npy", np.uint8, shape)
         for kind in ("core", "confidence"):
-            arrays[f"{kind}_{task.name}"] = np.lib.format.open_memmap(
-                folder / f"{kind}_{task.name}.npy", "w+", np.uint8, shape)
+            arrays[f"{kind}_{task.name}"] = open_memmap(folder / f"{kind}_{task.name}.npy", np.uint8, shape)
     return arrays

@@ -1,7 +1,7 @@
 """Score prediction files against a prepared reference set into ``eval.json``.
 
     python -m retinaseg.score --reference data/prepared/test --predictions data/predictions/multiclass \
-        --task multiclass [--rules metrics/multiclass/eval.json | --threshold 0.5] --out eval.json
+        --task multiclass [--rules metrics/eval/multiclass/eval.json | --threshold 0.5] --out eval.json
 
 In the spirit of nnU-Net's ``compute_metrics_on_folder(reference, predictions)``: the
 evaluate stage writes its test predictions to a folder and scores that folder with this
@@ -48,7 +48,7 @@ class Scoring:
 
     @classmethod
     def from_eval_json(cls, path: Path, lesion_names: list[str]) -> Scoring:
-        """The rules an earlier evaluation of the same classes applied (``metrics/<variant>/eval.json``)."""
+        """The rules an earlier evaluation of the same classes applied (``metrics/eval/<variant>/eval.json``)."""
         try:
             summary = json.loads(path.read_text())
             return cls({name: float(summary["thresholds"][name]) for name in lesion_names},
@@ -57,7 +57,7 @@ class Scoring:
                        int(summary["pr_thresholds"]))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise PipelineError(f"{path}: not an eval.json of the classes {', '.join(lesion_names)} "
-                                f"({type(error).__name__}: {error}); pass metrics/<variant>/eval.json "
+                                f"({type(error).__name__}: {error}); pass metrics/eval/<variant>/eval.json "
                                 "of the same task") from None
 
 

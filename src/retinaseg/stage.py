@@ -14,6 +14,10 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# At import: stage scripts import this module before the modules that import TensorFlow.
+quiet_tensorflow()
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     """Run a stage's ``main(argv)``; a PipelineError exits 1 with ``error: <message>``."""
     quiet_tensorflow()

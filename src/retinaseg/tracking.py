@@ -4,18 +4,33 @@ The store is ``sqlite:///<project>/mlflow.db`` with artifacts in ``<project>/mlr
 addressed by absolute paths so that ``dvc exp run --temp`` and queued experiments (which
 run in copies under ``.dvc/tmp/exps``) log into the same store as the workspace.
 ``MLFLOW_TRACKING_URI`` still wins when set.
+
+``setup`` checks the store before any work: a tracking server that does not answer, or
+answers but is not MLflow, stops the stage within seconds with a one-line error (MLflow's
+own client would retry for minutes). Several stages may start at once (``dvc exp run
+--queue`` with ``dvc queue start -j 2``, ``dvc exp run --run-all -j N``): the first
+creation of a SQLite store (its schema migrations) and of the experiment is serialised by
+a file lock beside the database, ``mlflow.db.lock``.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from retinaseg.errors import PipelineError
 
 EXPERIMENT = "retinal-lesion-segmentation"
+#: Seconds a tracking server gets to answer the probe in ``setup`` (one attempt, no retries).
+PROBE_TIMEOUT = 5
+#: Seconds to wait for another process creating the SQLite store or the experiment.
+LOCK_TIMEOUT = 300
+SERVER_HINT = "`mlflow server --host 127.0.0.1 --port 5000`"
 
 
 def project_root(cwd: Path | None = None) -> Path:
@@ -32,17 +47,158 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(root)}/mlflow.db"
 
 
-def setup(root: Path | None = None) -> str:
-    """Point MLflow at the project store and return the experiment id (created if needed)."""
-    import mlflow
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
 
-    mlflow.set_tracking_uri(tracking_uri(root))
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifacts = (project_root(root) / "mlruns").as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifacts)
+
+def setup(root: Path | None = None) -> str:
+    """Point MLflow at the project store and return the experiment id (created if needed).
+
+    Checks the store first (a PipelineError naming the URI and the fix when it cannot be
+    used) and is safe when several processes call it at once on a new store.
+    """
+    uri = tracking_uri(root)
+    check_store(uri)
+    import mlflow
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    name = experiment_name()
+    with _store_lock(uri):
+        try:
+            experiment = mlflow.get_experiment_by_name(name)  # the first use creates and migrates a new store
+            if experiment is None:
+                try:
+                    return mlflow.create_experiment(name, artifact_location=(project_root(root) / "mlruns").as_uri())
+                except MlflowException:  # "already exists": created meanwhile by a process outside our lock
+                    experiment = mlflow.get_experiment_by_name(name)
+                    if experiment is None:
+                        raise
+        except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as error:
+            raise PipelineError(f"MLflow store {uri} cannot be used: {_first_line(error)}") from None
+    if experiment.lifecycle_stage == "deleted":
+        raise PipelineError(f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted in {uri}; "
+                            f"restore it with `mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+                            "or set MLFLOW_EXPERIMENT_NAME to another name")
+    return experiment.experiment_id
+
+
+def check_store(uri: str) -> None:
+    """Stop at once, with the fix, when the tracking server at ``uri`` cannot be used.
+
+    A tracking server (http/https) gets one request with a short timeout and no retries,
+    the cheap read ``GET /api/2.0/mlflow/experiments/get-by-name``; it must answer as
+    MLflow does (JSON: the experiment, or RESOURCE_DOES_NOT_EXIST). Other stores are
+    checked by their first use in ``setup``.
+    """
+    if urlsplit(uri).scheme.lower() in ("http", "https"):
+        _probe_server(uri)
+
+
+def _probe_server(uri: str) -> None:
+    import json
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    default = f"sqlite:///{project_root()}/mlflow.db"
+    fix = (f"start the server (e.g. {SERVER_HINT}, then MLFLOW_TRACKING_URI=http://127.0.0.1:5000) "
+           f"or unset MLFLOW_TRACKING_URI to use the project's store {default}")
+    endpoint = "/api/2.0/mlflow/experiments/get-by-name"
+    try:
+        response = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, backoff_factor=0,
+                                backoff_jitter=0, timeout=PROBE_TIMEOUT, raise_on_status=False,
+                                params={"experiment_name": experiment_name()})
+    except MlflowException as error:
+        raise PipelineError(f"MLflow tracking server {uri} does not answer ({_connection_reason(error)}); "
+                            f"{fix}") from None
+    status = response.status_code
+    if status in (401, 403):
+        raise PipelineError(f"MLflow tracking server {uri} refused access (HTTP {status}); set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), "
+                            f"or unset MLFLOW_TRACKING_URI to use the project's store {default}")
+    try:
+        body = json.loads(response.text)
+    except ValueError:
+        body = None
+    if status >= 500:
+        message = body.get("message") if isinstance(body, dict) else None
+        detail = f": {_first_line(message, limit=160)}" if message else ""
+        raise PipelineError(f"MLflow tracking server {uri} failed (HTTP {status}{detail}); see the server's log, "
+                            f"or unset MLFLOW_TRACKING_URI to use the project's store {default}")
+    mlflow_answer = isinstance(body, dict) and ((status == 200 and "experiment" in body) or (
+        status == 404 and body.get("error_code") == "RESOURCE_DOES_NOT_EXIST"))
+    if not mlflow_answer:
+        raise PipelineError(f"{uri} answers but is not an MLflow tracking server (HTTP {status} for {endpoint}); "
+                            f"check the host, port and path in MLFLOW_TRACKING_URI, {fix}")
+
+
+def _connection_reason(error: BaseException) -> str:
+    """A short reason for a failed request: refused, unknown host, timed out, or the error's first line."""
+    import socket
+
+    import requests
+    import urllib3
+
+    chain = []
+    while error is not None and len(chain) < 10:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(e) for e in chain)
+    # Before the timeouts: urllib3's NewConnectionError (refused, unknown host) is a ConnectTimeoutError.
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "Connection refused" in text:
+        return "connection refused"
+    if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolutionError" in text:
+        return "unknown host"
+    if any(isinstance(e, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)) for e in chain):
+        return "TLS error: " + _first_line(chain[-1], limit=160)
+    timeouts = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+    if any(isinstance(e, timeouts) for e in chain):
+        return f"no answer within {PROBE_TIMEOUT} s"
+    return _first_line(chain[-1], limit=160)
+
+
+def _first_line(value: Any, limit: int = 300) -> str:
+    lines = str(value).strip().splitlines()
+    line = lines[0].strip() if lines else type(value).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for an in-memory database."""
+    path = uri.split("?", 1)[0].removeprefix("sqlite://")
+    if path.startswith("/"):
+        path = path[1:]  # sqlite:///relative.db or sqlite:////absolute.db
+    if not path or path == ":memory:":
+        return None
+    return Path(path).absolute()
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` while a SQLite store and its experiment are opened or created."""
+    path = _sqlite_path(uri) if urlsplit(uri).scheme.lower() == "sqlite" else None
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:  # before OSError, of which it is one
+        raise PipelineError(f"waited {LOCK_TIMEOUT} s for {lock.lock_file}, held by another process opening the "
+                            "MLflow store; check for a hung stage (`ps`) and stop it") from None
+    except OSError as error:
+        raise PipelineError(f"MLflow store {uri}: cannot create {lock.lock_file} ({error.strerror or error}); "
+                            "check the folder, or set MLFLOW_TRACKING_URI to a store you can write") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def run_tags(task: str) -> dict[str, str]:
@@ -82,6 +238,17 @@ def require_run(run_id: str, model_dir: Path) -> None:
         raise PipelineError(f"{model_dir}/run.json: MLflow run {run_id} is not in {tracking_uri()}; "
                             f"retrain it with `dvc repro --force` on its train stage, or point "
                             "MLFLOW_TRACKING_URI at the store that holds it") from None
+
+
+def end_run(run_id: str, status: str) -> None:
+    """End a run left open by a killed process (``KILLED``), so the store does not show it running forever."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri()).set_terminated(run_id, status)
+    except MlflowException:
+        pass  # not in this store (another machine's, or deleted): nothing is left running here
 
 
 def log_to_runs(runs: dict[str, Path], files: list[Path], artifact_path: str) -> None:

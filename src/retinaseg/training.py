@@ -9,14 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-from retinaseg import hardware, losses, tracking
+from retinaseg import hardware, losses, resume, tracking
 from retinaseg.arrays import TARGET_SCALE, load_set
 from retinaseg.atomic import atomic_path, write_json
 from retinaseg.errors import PipelineError
 from retinaseg.model import build_unet, is_encoder_layer, transfer_weights
 from retinaseg.params import ModelParams, TrainParams
+from retinaseg.resume import Progress, SaveProgress
 from retinaseg.tasks import Task
 from retinaseg.trained import load_trained
 
@@ -35,10 +38,12 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where a training run writes: the model folder (model.keras, run.json) and the epoch curve."""
+    """Where a training run writes: the model folder (model.keras, run.json) and the epoch curve, and where
+    it keeps its progress until it ends (outside the stage's outputs, which DVC deletes before a rerun)."""
 
     model_dir: Path
     curve_path: Path
+    progress_dir: Path
 
 
 def validation_ids(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -65,28 +70,33 @@ def load_training_data(task: Task, prepared_dir: Path, augmented_dir: Path, para
 
 
 def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, shuffle_seed: int | None,
-                 target_scale: float = 1.0):
-    """tf.data pipeline: uint8 arrays in memory -> shuffled float32 batches, prefetched.
+                 target_scale: float = 1.0, epochs: range = range(1)):
+    """tf.data pipeline: uint8 arrays in memory -> float32 batches, prefetched.
 
-    Images keep their pixel values (the model scales them); targets are divided by
-    ``target_scale``: 1 for {0,1} masks, 255 for confidence planes.
+    Without ``shuffle_seed``: one pass in order. With it: the batches of every epoch in
+    ``epochs`` one after the other, each epoch in an order drawn from (seed, epoch) alone, so
+    a run resumed at epoch k sees the batches an uninterrupted run sees there. Images keep
+    their pixel values (the model scales them); targets are divided by ``target_scale``: 1
+    for {0,1} masks, 255 for confidence planes.
     """
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return (dataset.batch(batch_size)
-            .map(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.float32) / target_scale),
-                 num_parallel_calls=tf.data.AUTOTUNE)
+    if shuffle_seed is None:
+        order = tf.data.Dataset.range(len(images)).batch(batch_size)
+    else:
+        order = None
+        for epoch in epochs:
+            permutation = np.random.default_rng([shuffle_seed, epoch]).permutation(len(images))
+            batches = tf.data.Dataset.from_tensor_slices(permutation).batch(batch_size)
+            order = batches if order is None else order.concatenate(batches)
+    images, targets = tf.constant(images), tf.constant(targets)
+    return (order.map(lambda rows: (tf.cast(tf.gather(images, rows), tf.float32),
+                                    tf.cast(tf.gather(targets, rows), tf.float32) / target_scale),
+                      num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
 
 def compile_unet(model, task: Task, params: TrainParams, class_weights: list[float] | None = None,
                  train_encoder: bool = True) -> None:
     """Compile as every training run does (Adam, ``train.loss``, Dice metric), the encoder frozen or not."""
-    import keras
-
     for layer in model.layers:
         if is_encoder_layer(layer):
             layer.trainable = train_encoder
@@ -96,26 +106,38 @@ def compile_unet(model, task: Task, params: TrainParams, class_weights: list[flo
 
 
 def fit_phases(model, task: Task, params: TrainParams, data: TrainingData, callbacks: list,
-               frozen_epochs: int, class_weights: list[float] | None) -> dict[str, list[float]]:
+               frozen_epochs: int, class_weights: list[float] | None, progress: Progress | None = None,
+               done: int = 0) -> dict[str, list[float]]:
     """Fit ``params.epochs`` epochs: the first ``frozen_epochs`` with the encoder frozen, then all layers.
 
     One set of callbacks spans both phases, so the best epoch and the curve cover every epoch.
+    ``done`` epochs of a killed run are skipped; within a phase the optimizer resumes from
+    ``progress``, and each epoch's batches do not depend on the epochs before, so the run goes
+    on as if never stopped.
     """
     scale = TARGET_SCALE[params.target]
-    train_data = make_dataset(data.train_x, data.train_y, params.batch_size, params.seed, scale)
     val_data = make_dataset(data.val_x, data.val_y, params.batch_size, None, scale) if len(data.val_ids) else None
     history: dict[str, list[float]] = {}
     for first, last, train_encoder in ((0, frozen_epochs, False), (frozen_epochs, params.epochs, True)):
-        if first == last:
+        start = max(first, done)
+        if start >= last:
             continue
         compile_unet(model, task, params, class_weights, train_encoder)
-        # The dataset shuffles itself (seeded); fit's own shuffle does not apply to datasets.
-        phase = model.fit(train_data, validation_data=val_data, initial_epoch=first, epochs=last, verbose=2,
-                          shuffle=False, callbacks=callbacks).history
+        if start > first:
+            progress.restore_optimizer(model)
+        train_data = make_dataset(data.train_x, data.train_y, params.batch_size, params.seed, scale,
+                                  epochs=range(start, last))
+        # The dataset holds every epoch of the phase, each in its own seeded order; fit's shuffle does not apply.
+        phase = model.fit(train_data, validation_data=val_data, initial_epoch=start, epochs=last, verbose=2,
+                          steps_per_epoch=math.ceil(len(data.train_x) / params.batch_size), shuffle=False,
+                          callbacks=callbacks).history
         for key, values in phase.items():
             history.setdefault(key, []).extend(values)
-        if any(math.isnan(value) for value in history["loss"]):
-            raise PipelineError(f"train {task.name}: the loss became NaN at epoch {len(history['loss'])}; "
+        if not all(math.isfinite(value) for value in history["loss"]):
+            if progress:
+                progress.clear()
+            raise PipelineError(f"train {task.name}: the loss became {history['loss'][-1]} at epoch "
+                                f"{done + len(history['loss'])}; "
                                 f"lower train.lr (now {params.lr}) or try another train.loss")
     return history
 
@@ -130,38 +152,38 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
     ``models/<task>``), the model starts from that model's weights wherever layer shapes
     match, and its encoder stays frozen for the first ``freeze_encoder_epochs`` of the
     same epoch budget. Writes ``model.keras`` and ``run.json`` (the MLflow run that evaluate
-    continues) into ``outputs.model_dir`` and the per-epoch curve, all atomically.
+    continues) into ``outputs.model_dir`` and the per-epoch curve, all atomically. A run
+    killed mid-way resumes from ``outputs.progress_dir`` in the same MLflow run.
     """
-    import keras
     import mlflow
 
+    experiment_id = tracking.setup()  # first: a tracking server that is down stops the stage before any work
     variant = variant or task.name
     precision = hardware.configure(train_params.mixed_precision, train_params.threads)
     keras.utils.set_random_seed(train_params.seed)
+    # Same inputs, same model, byte for byte; costs about 6 % a step here (`python -m benchmarks --only determinism`).
+    tf.config.experimental.enable_op_determinism()
     data = load_training_data(task, prepared_dir, augmented_dir, train_params)
-    weights = (losses.class_weights_from_masks(data.train_y / TARGET_SCALE[train_params.target])
-               if train_params.loss.startswith("weighted") else None)
+    weights = _class_weights(data, train_params)
     model = build_unet(data.train_x.shape[1], task, model_params)
     source = _initialise(model, init_dir) if init_dir else None
     frozen_epochs = freeze_encoder_epochs if source else 0
+    progress, state = _progress(outputs.progress_dir, logged_params, variant, source, prepared_dir, augmented_dir)
     print(f"train {variant}: {model.name}, {model.count_params():,} parameters, {precision}, "
-          f"{len(data.train_x)} training rows from {data.train_images} images, {len(data.val_x)} validation images")
+          f"{len(data.train_x)} training rows from {data.train_images} images, {len(data.val_x)} validation images"
+          + (f"; resuming after epoch {state['epoch']}" if state else ""))
     monitor = "val_dice" if len(data.val_ids) else "dice"
-    experiment_id = tracking.setup()
-    with (mlflow.start_run(experiment_id=experiment_id, run_name=variant, tags=_tags(task, source)) as run,
+    with (_start_run(experiment_id, variant, _tags(task, source), state) as run,
           atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.curve_path) as curve):
-        tracking.log_params({**logged_params, "mixed_precision_used": precision, "num_classes": task.num_planes,
-                             "parameters": model.count_params(), "val_ids": data.val_ids.tolist(),
-                             "class_weights": weights, "variant": variant,
-                             "init_from": source["task"] if source else "scratch",
-                             "init_copied_layers": len(source["copied"]) if source else 0,
-                             "init_new_layers": source["kept"] if source else []})
-        checkpoint = out / "model.keras"
+        tracking.log_params({**logged_params, **_run_params(variant, task, model, data, weights, source),
+                             "mixed_precision_used": precision})
+        epochs = _resumed(model, progress, state)
         started = time.perf_counter()
-        history = fit_phases(model, task, train_params, data, _callbacks(checkpoint, curve, monitor), frozen_epochs,
-                             weights)
+        fit_phases(model, task, train_params, data, _callbacks(progress, monitor, run.info.run_id, epochs),
+                   frozen_epochs, weights, progress, done=state["epoch"] if state else 0)
         seconds = time.perf_counter() - started
-        best_epoch = int(np.argmax(history[monitor]))
+        progress.hand_over(out / "model.keras", curve)
+        best_epoch = int(np.argmax([logs[monitor] for logs in epochs]))
         summary = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": tracking.tracking_uri(),
                    "variant": variant, "task": task.name, "classes": task.plane_names,
                    "val_ids": data.val_ids.tolist(), "image_size": data.train_x.shape[1],
@@ -170,25 +192,78 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
                    "init_from_run_id": source["run_id"] if source else None,
                    "frozen_encoder_epochs": frozen_epochs, "mixed_precision": precision,
                    "parameters": model.count_params(), "train_seconds": round(seconds, 1),
-                   "epochs": len(history["loss"]), "best_epoch": best_epoch + 1,
-                   f"best_{monitor}": float(history[monitor][best_epoch])}
-        _log_results(summary, seconds, monitor, checkpoint, data.train_x[:1], unfreeze=bool(frozen_epochs))
+                   "epochs": len(epochs), "best_epoch": best_epoch + 1,
+                   f"best_{monitor}": epochs[best_epoch][monitor]}
+        _log_results(summary, seconds, monitor, out / "model.keras", data.train_x[:1], unfreeze=bool(frozen_epochs))
         write_json(out / "run.json", summary)
         mlflow.log_artifact(str(out / "run.json"))
+    progress.clear()
     print(f"train {variant}: best {monitor} {summary[f'best_{monitor}']:.3f} at epoch {best_epoch + 1}, "
           f"{seconds:.0f} s; MLflow run {run.info.run_id}")
     return summary
 
 
-def _callbacks(checkpoint: Path, curve: Path, monitor: str) -> list:
-    """Stop on NaN, keep the best epoch, write the curve and log every epoch to MLflow."""
-    import keras
+def _class_weights(data: TrainingData, params: TrainParams) -> list[float] | None:
+    """Per-plane weights from the training targets, for the weighted losses only."""
+    if not params.loss.startswith("weighted"):
+        return None
+    return losses.class_weights_from_masks(data.train_y / TARGET_SCALE[params.target])
+
+
+def _run_params(variant: str, task: Task, model, data: TrainingData, weights: list[float] | None,
+                source: dict[str, Any] | None) -> dict[str, Any]:
+    """What the run decided beyond params.yaml: model size, validation images, weights, starting point."""
+    return {"num_classes": task.num_planes, "parameters": model.count_params(), "val_ids": data.val_ids.tolist(),
+            "class_weights": weights, "variant": variant, "init_from": source["task"] if source else "scratch",
+            "init_copied_layers": len(source["copied"]) if source else 0,
+            "init_new_layers": source["kept"] if source else []}
+
+
+def _progress(folder: Path, logged_params: dict[str, Any], variant: str, source: dict[str, Any] | None,
+              prepared_dir: Path, augmented_dir: Path) -> tuple[Progress, dict[str, Any] | None]:
+    """The resumable state of this run, if a killed run with the same inputs left one.
+
+    The MLflow run of a state left by other inputs is ended as KILLED, not left running.
+    """
+    progress = Progress(folder, resume.signature(
+        logged_params, variant, source["run_id"] if source else None,
+        resume.file_signature(prepared_dir / "manifest.json"), resume.file_signature(augmented_dir / "images.npy")))
+    stale = progress.stale_run_id()
+    if stale:
+        tracking.end_run(stale, "KILLED")
+    return progress, progress.load()
+
+
+def _start_run(experiment_id: str, variant: str, tags: dict[str, str], state: dict[str, Any] | None):
+    """A new MLflow run, or the killed run being resumed."""
     import mlflow
 
+    if state:
+        return mlflow.start_run(run_id=state["run_id"])
+    return mlflow.start_run(experiment_id=experiment_id, run_name=variant, tags=tags)
+
+
+def _resumed(model, progress: Progress, state: dict[str, Any] | None) -> list[dict[str, float]]:
+    """The logs of the epochs done (restoring the model as they left it), or an empty list."""
+    if not state:
+        progress.start()
+        return []
+    progress.restore(model, state)
+    return list(state["history"])
+
+
+def _callbacks(progress: Progress, monitor: str, run_id: str, epochs: list[dict[str, float]]) -> list:
+    """Stop on NaN or infinity, keep the best epoch, write the curve, log every epoch to MLflow and
+    save the progress a killed run resumes from; all of it in the progress folder until training ends."""
+    import mlflow
+
+    best = max((logs[monitor] for logs in epochs), default=None)
     return [keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, mode="max", save_best_only=True),
-            keras.callbacks.CSVLogger(curve, separator="\t", append=True),
-            mlflow.tensorflow.MlflowCallback(log_every_epoch=True)]
+            keras.callbacks.ModelCheckpoint(progress.best_model, monitor=monitor, mode="max", save_best_only=True,
+                                            initial_value_threshold=best),
+            keras.callbacks.CSVLogger(progress.curve, separator="\t", append=True),
+            mlflow.tensorflow.MlflowCallback(log_every_epoch=True),
+            SaveProgress(progress, run_id, epochs)]
 
 
 def _tags(task: Task, source: dict[str, Any] | None) -> dict[str, str]:
@@ -210,7 +285,6 @@ def _log_results(summary: dict[str, Any], seconds: float, monitor: str, checkpoi
     The model is made fully trainable on disk first: a best epoch from the frozen phase was
     saved with the encoder frozen.
     """
-    import keras
     import mlflow
 
     mlflow.log_metrics({"train_seconds": seconds, "best_epoch": summary["best_epoch"],

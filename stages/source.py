@@ -1,0 +1,15 @@
+"""Stage source (always run): data/source.json identifies data.source's content for the fetch stage."""
+
+from pathlib import Path
+
+from retinaseg import params, stage
+from retinaseg.atomic import write_json
+from retinaseg.source import fingerprint
+
+
+def main(argv: list[str]) -> None:
+    write_json(Path("data/source.json"), fingerprint(params.load().data.source))
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,113 @@
+"""Experiments run in parallel from DVC's queue on a fresh project: every one succeeds and logs to MLflow.
+
+Four queued experiments with different ``train.lr``, run two at a time (``dvc queue start
+-j 2``) on a copy of the project that has never run, so the first two start together on a
+project without ``mlflow.db``: their train stages create the SQLite store and the MLflow
+experiment at the same moment, then both log into it concurrently. To stay short each
+experiment reproduces ``evaluate@binary`` and what it needs (fetch, prepare, augment,
+train@binary); the last two take fetch, prepare and augment from DVC's run cache.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from test_pipeline import run, tiny_project
+
+from retinaseg import tracking
+
+LEARNING_RATES = {"lr-1": "0.001", "lr-2": "0.002", "lr-3": "0.003", "lr-4": "0.004"}
+TARGET, VARIANT = "evaluate@binary", "binary"
+WAIT = 900  # seconds for the whole queue; measured 65-110 s on 2 shared cores
+
+
+@pytest.fixture
+def fresh_project(tmp_path):
+    """The project copied into a new git repo with tiny params, committed, never reproduced."""
+    return tiny_project(tmp_path / "project")
+
+
+def start_queue(repo, log):
+    """`dvc queue start -j 2`, its output to a file: the workers it spawns inherit it and outlive the command."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with log.open("w") as out:
+        result = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120)
+    assert result.returncode == 0, log.read_text()
+
+
+def queue_status(repo):
+    """Experiment name -> status (Queued, Running, Success, Failed) from `dvc queue status`."""
+    statuses = {}
+    for line in run(["dvc", "queue", "status"], repo).stdout.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] in LEARNING_RATES:
+            statuses[words[1]] = words[-1]
+    return statuses
+
+
+def wait_for_queue(repo):
+    """Poll `dvc queue status` until every experiment has ended; returns the statuses and the seconds taken."""
+    started = time.monotonic()
+    statuses = {}
+    while time.monotonic() - started < WAIT:
+        time.sleep(10)
+        statuses = queue_status(repo)
+        if len(statuses) == len(LEARNING_RATES) and all(s in ("Success", "Failed") for s in statuses.values()):
+            break
+    return statuses, time.monotonic() - started
+
+
+def error_lines(log):
+    """The lines of a stage log that name an error (the last few), without TensorFlow's start-up notes."""
+    lines = [line.strip() for line in log.splitlines()
+             if ("Error" in line or "Exception" in line or "error:" in line) and "oneDNN" not in line]
+    return lines[-4:] or log.strip().splitlines()[-4:]
+
+
+@pytest.mark.slow
+def test_queued_experiments_run_two_at_a_time_and_all_log_to_mlflow(fresh_project, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    repo = fresh_project
+    assert not (repo / "mlflow.db").exists()
+    for name, lr in LEARNING_RATES.items():
+        run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "--name", name, TARGET], repo)
+    start_queue(repo, tmp_path / "queue-start.log")
+    try:
+        statuses, seconds = wait_for_queue(repo)
+    finally:
+        run(["dvc", "queue", "stop"], repo, check=False)  # the idle workers would linger for a minute
+    if statuses != dict.fromkeys(LEARNING_RATES, "Success"):
+        pytest.fail(f"queue ended as {statuses} after {seconds:.0f} s; errors:\n" + "\n".join(
+            f"{name}: {line}" for name, status in statuses.items() if status != "Success"
+            for line in error_lines(run(["dvc", "queue", "logs", name], repo, check=False).stdout)))
+    print(f"\n{len(LEARNING_RATES)} queued experiments, 2 at a time: {seconds:.0f} s")
+
+    table = list(csv.DictReader(run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout.splitlines()))
+    shown = {row["Experiment"]: row for row in table if row["Experiment"]}
+    for name, lr in LEARNING_RATES.items():
+        assert float(shown[name]["train.lr"]) == float(lr), table
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    ours = [e for e in client.search_experiments() if e.name == tracking.EXPERIMENT]
+    assert len(ours) == 1
+    assert ours[0].artifact_location == (repo / "mlruns").as_uri()
+    runs = client.search_runs([ours[0].experiment_id], max_results=1000)
+    assert len(runs) == len(LEARNING_RATES)
+    epochs = yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"]
+    for name, lr in LEARNING_RATES.items():
+        (mlflow_run,) = [r for r in runs if r.data.tags.get("dvc_exp_name") == name]
+        assert mlflow_run.info.run_name == VARIANT and mlflow_run.info.status == "FINISHED"
+        assert mlflow_run.data.params["train.lr"] == lr
+        assert mlflow_run.data.params["train.epochs"] == str(epochs)
+        assert len(client.get_metric_history(mlflow_run.info.run_id, "loss")) == epochs
+        assert {"best_epoch", "test_macro_f1", "test_hemorrhages_f1"} <= set(mlflow_run.data.metrics)
+    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), "no two runs overlapped in time"
