@@ -80,3 +80,15 @@ def long_functions(root: Path) -> list[str]:
 @pytest.mark.parametrize("folder", ["src", "stages"])
 def test_no_function_is_longer_than_the_limit(folder):
     assert long_functions(PROJECT / folder) == []
+
+
+@pytest.mark.parametrize("path", ["data/downloads/diaretdb1_v_1_1.zip", "checkpoints/binary/state.json",
+                                  "mlflow.db", "mlflow.db.lock", "data/raw/resources/images/x.png"])
+def test_what_must_never_be_committed_is_ignored_by_git(path):
+    """The dataset's licence forbids redistribution; progress, stores and data are not source either."""
+    import subprocess
+
+    if not (PROJECT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=PROJECT, check=False)
+    assert ignored.returncode == 0, f"git add -A would commit {path}"

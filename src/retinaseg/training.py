@@ -69,28 +69,46 @@ def load_training_data(task: Task, prepared_dir: Path, augmented_dir: Path, para
                         len(np.unique(augmented["ids"][train_rows])))
 
 
+class EpochOrder(keras.callbacks.Callback):
+    """Tells the training dataset which epoch starts, so that its order comes from (seed, epoch) alone.
+
+    An uninterrupted run and one resumed at epoch k then see the same batches in every epoch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch.assign(epoch)
+
+
 def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, shuffle_seed: int | None,
-                 target_scale: float = 1.0, epochs: range = range(1)):
+                 target_scale: float = 1.0, epoch: tf.Variable | None = None):
     """tf.data pipeline: uint8 arrays in memory -> float32 batches, prefetched.
 
-    Without ``shuffle_seed``: one pass in order. With it: the batches of every epoch in
-    ``epochs`` one after the other, each epoch in an order drawn from (seed, epoch) alone, so
-    a run resumed at epoch k sees the batches an uninterrupted run sees there. Images keep
-    their pixel values (the model scales them); targets are divided by ``target_scale``: 1
-    for {0,1} masks, 255 for confidence planes.
+    With ``shuffle_seed``, every pass (Keras starts one per epoch) is a permutation drawn from
+    the seed and the value of ``epoch`` at that moment (see ``EpochOrder``; 0 without it).
+    Images keep their pixel values (the model scales them); targets are divided by
+    ``target_scale``: 1 for {0,1} masks, 255 for confidence planes.
     """
+    count = len(images)
     if shuffle_seed is None:
-        order = tf.data.Dataset.range(len(images)).batch(batch_size)
+        rows = tf.data.Dataset.range(count)
     else:
-        order = None
-        for epoch in epochs:
-            permutation = np.random.default_rng([shuffle_seed, epoch]).permutation(len(images))
-            batches = tf.data.Dataset.from_tensor_slices(permutation).batch(batch_size)
-            order = batches if order is None else order.concatenate(batches)
+        epoch = tf.constant(0, tf.int64) if epoch is None else epoch
+
+        def permutation(_):
+            seed = tf.stack([tf.constant(shuffle_seed, tf.int64), tf.convert_to_tensor(epoch)])
+            return tf.data.Dataset.from_tensor_slices(
+                tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=seed))
+
+        rows = tf.data.Dataset.range(1).flat_map(permutation).apply(tf.data.experimental.assert_cardinality(count))
     images, targets = tf.constant(images), tf.constant(targets)
-    return (order.map(lambda rows: (tf.cast(tf.gather(images, rows), tf.float32),
-                                    tf.cast(tf.gather(targets, rows), tf.float32) / target_scale),
-                      num_parallel_calls=tf.data.AUTOTUNE)
+    return (rows.batch(batch_size)
+            .map(lambda batch: (tf.cast(tf.gather(images, batch), tf.float32),
+                                tf.cast(tf.gather(targets, batch), tf.float32) / target_scale),
+                 num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -116,6 +134,8 @@ def fit_phases(model, task: Task, params: TrainParams, data: TrainingData, callb
     on as if never stopped.
     """
     scale = TARGET_SCALE[params.target]
+    order = EpochOrder()
+    train_data = make_dataset(data.train_x, data.train_y, params.batch_size, params.seed, scale, order.epoch)
     val_data = make_dataset(data.val_x, data.val_y, params.batch_size, None, scale) if len(data.val_ids) else None
     history: dict[str, list[float]] = {}
     for first, last, train_encoder in ((0, frozen_epochs, False), (frozen_epochs, params.epochs, True)):
@@ -125,12 +145,9 @@ def fit_phases(model, task: Task, params: TrainParams, data: TrainingData, callb
         compile_unet(model, task, params, class_weights, train_encoder)
         if start > first:
             progress.restore_optimizer(model)
-        train_data = make_dataset(data.train_x, data.train_y, params.batch_size, params.seed, scale,
-                                  epochs=range(start, last))
-        # The dataset holds every epoch of the phase, each in its own seeded order; fit's shuffle does not apply.
+        # The dataset shuffles itself, by (seed, epoch); fit's own shuffle does not apply to datasets.
         phase = model.fit(train_data, validation_data=val_data, initial_epoch=start, epochs=last, verbose=2,
-                          steps_per_epoch=math.ceil(len(data.train_x) / params.batch_size), shuffle=False,
-                          callbacks=callbacks).history
+                          shuffle=False, callbacks=[order, *callbacks]).history
         for key, values in phase.items():
             history.setdefault(key, []).extend(values)
         if not all(math.isfinite(value) for value in history["loss"]):
