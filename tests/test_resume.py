@@ -18,6 +18,7 @@ from retinaseg.synthetic import generate
 from retinaseg.tasks import Task
 
 TASK = Task("binary", {"hemorrhages": ("hemorrhages",)})
+MULTICLASS = Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates",)})
 #: A child process trains with these settings; KILL_AFTER > 0 makes it SIGKILL itself after that epoch.
 CHILD = textwrap.dedent("""
     import os, signal, sys
@@ -51,7 +52,7 @@ CHILD = textwrap.dedent("""
 def arrays(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     generate(root / "raw", num_images=6, size=(80, 62), seed=1)
-    prepare_dataset(root / "raw", root / "prepared", tasks=[TASK], workers=1,
+    prepare_dataset(root / "raw", root / "prepared", tasks=[TASK, MULTICLASS], workers=1,
                     params=PrepareParams(threshold=0.1, core_threshold=0.75, image_size=16, crop_to_fundus=True,
                                          train_ids="1-4"))
     augment_training_set(root / "prepared", root / "augmented",
@@ -169,3 +170,38 @@ def test_a_store_failing_after_training_keeps_the_training_for_the_rerun(arrays,
     summary = training.train_task(TASK, **arguments)
     assert fits == [], "no epoch is trained again"
     assert summary["epochs"] == 2 and (tmp_path / "model" / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_a_transfer_interrupted_at_the_end_of_its_frozen_phase_resumes_to_the_same_model(arrays, tmp_path,
+                                                                                          monkeypatch):
+    """The second phase starts with a fresh optimizer whether or not the run was interrupted in between."""
+    from retinaseg import training
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    source = tiny_training(arrays, tmp_path / "binary")
+    training.train_task(TASK, **source)
+
+    def transfer(folder: Path) -> dict:
+        arguments = tiny_training(arrays, folder)
+        arguments["train_params"] = arguments["train_params"].model_copy(update={"epochs": 3})
+        return training.train_task(MULTICLASS, **arguments, variant="multiclass_transfer",
+                                   init_dir=tmp_path / "binary" / "model", freeze_encoder_epochs=1)
+
+    whole = transfer(tmp_path / "whole")
+    callbacks = training._callbacks
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:  # the frozen phase is over and its progress saved
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_callbacks", lambda *args: callbacks(*args) + [Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        transfer(tmp_path / "resumed")
+    monkeypatch.setattr(training, "_callbacks", callbacks)
+    resumed = transfer(tmp_path / "resumed")
+    assert resumed["epochs"] == whole["epochs"] == 3 and resumed["best_epoch"] == whole["best_epoch"]
+    for got, expected in zip(weights(tmp_path / "resumed" / "model"), weights(tmp_path / "whole" / "model"),
+                             strict=True):
+        assert np.array_equal(got, expected)
