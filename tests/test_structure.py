@@ -48,7 +48,8 @@ def declared_stages():
         yield name, script, declared
 
 
-@pytest.mark.parametrize("name, script, declared", list(declared_stages()), ids=lambda value: str(value))
+@pytest.mark.parametrize("name, script, declared", list(declared_stages()),
+                         ids=[name for name, _, _ in declared_stages()])
 def test_stage_deps_are_exactly_the_import_closure(name, script, declared):
     """A module a stage runs but does not declare would let DVC reuse a stale result; one it declares
     but does not run would rerun the stage for nothing."""

@@ -104,13 +104,20 @@ class Progress:
 
 
 class SaveProgress(keras.callbacks.Callback):
-    """After every epoch, write the state a killed run resumes from; each file replaced atomically."""
+    """After every epoch, write the state a killed run resumes from; each file replaced atomically.
+
+    MLflow's Keras callback logs each epoch's metrics in the background: they are flushed
+    before the state names the epoch done, so a run killed right after it keeps them.
+    """
 
     def __init__(self, progress: Progress, run_id: str, history: list[dict[str, float]]) -> None:
         super().__init__()
         self.progress, self.run_id, self.history = progress, run_id, history
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        import mlflow
+
+        mlflow.flush_async_logging()
         self.progress.folder.mkdir(parents=True, exist_ok=True)
         self.history.append({key: float(value) for key, value in (logs or {}).items()})
         for name, variables in ((VARIABLES, self.model.variables), (OPTIMIZER, self.model.optimizer.variables)):
