@@ -43,12 +43,16 @@ class Progress:
     def __init__(self, folder: Path, run_signature: str) -> None:
         self.folder, self.signature = folder, run_signature
 
+    def _saved(self) -> dict[str, Any] | None:
+        """The state file as saved, or None when there is none (or a killed writer left it unreadable)."""
+        try:
+            return json.loads((self.folder / STATE).read_text())
+        except (OSError, ValueError):
+            return None
+
     def load(self) -> dict[str, Any] | None:
         """The saved state when it belongs to these inputs; otherwise the folder is cleared and None returned."""
-        try:
-            state = json.loads((self.folder / STATE).read_text())
-        except (OSError, ValueError):
-            state = None
+        state = self._saved()
         if state is not None and state.get("signature") == self.signature:
             return state
         self.clear()
@@ -56,11 +60,8 @@ class Progress:
 
     def stale_run_id(self) -> str | None:
         """The MLflow run of a saved state that ``load`` would discard (other inputs), to end it as killed."""
-        try:
-            state = json.loads((self.folder / STATE).read_text())
-        except (OSError, ValueError):
-            return None
-        return state.get("run_id") if state.get("signature") != self.signature else None
+        state = self._saved()
+        return state.get("run_id") if state is not None and state.get("signature") != self.signature else None
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
