@@ -1,12 +1,17 @@
 # `make run` sets everything up and reproduces the pipeline; `make test` runs the suite;
-# `make bench` measures speed (not part of the tests).
+# `make bench` measures speed (not part of the tests); `make server` starts a shared tracking server.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PORT ?= 5000
+# One worker: uvicorn's --workers N leaves Nagle on, so each keep-alive request of MLflow's client
+# waits ~40 ms for a delayed ACK; one worker answered 5x more requests/s for one client, more for
+# 8 too (`python -m benchmarks.tracking_server`).
+SERVER_WORKERS ?= 1
 # Stage commands call `python`, `dvc` and `mlflow`: take them from the project's venv.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test venv ui bench
+.PHONY: run test venv ui server bench
 
 run: $(VENV)/.installed
 	dvc repro
@@ -22,6 +27,16 @@ venv: $(VENV)/.installed
 
 ui: $(VENV)/.installed
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# A tracking server and Model Registry that several machines (or queued experiments) log to:
+# runs in mlflow-server.db, artifacts uploaded through the server into mlflow-server-artifacts/.
+# Without MLflow's job runner (GenAI jobs, unused here: seven more processes).
+server: $(VENV)/.installed
+	@echo "MLflow tracking server on http://127.0.0.1:$(PORT); in the shells that run the pipeline:"
+	@echo "export MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(PORT) --workers $(SERVER_WORKERS) \
+		--backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db \
+		--serve-artifacts --artifacts-destination $(CURDIR)/mlflow-server-artifacts
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -24,8 +24,8 @@ from benchmarks.report import table
 from retinaseg.atomic import write_json
 
 SECTIONS = {"peak": compute.peak, "train_step": compute.train_step, "input_stall": compute.input_stall,
-            "determinism": compute.determinism, "augmentation": data.augmentation, "prepare": data.prepare,
-            "inference": compute.inference, "dvc_noop": repro.dvc_noop}
+            "determinism": compute.determinism, "distribute": compute.distributed, "augmentation": data.augmentation,
+            "prepare": data.prepare, "inference": compute.inference, "dvc_noop": repro.dvc_noop}
 #: train_step reports its throughput as a fraction of the peak measured in the same run.
 NEEDS = {"train_step": {"peak"}}
 

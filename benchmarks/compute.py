@@ -19,7 +19,7 @@ import tensorflow as tf
 from benchmarks import data, flops
 from benchmarks.config import BINARY, Config, Net, train_params
 from benchmarks.measure import rate, repeat, stats, target
-from retinaseg import hardware
+from retinaseg import distribute, hardware
 from retinaseg.evaluation import predict
 from retinaseg.model import build_unet
 from retinaseg.training import compile_unet, make_dataset
@@ -259,6 +259,49 @@ def determinism(cfg: Config, run) -> dict:
             "step_seconds": {"nondeterministic": stats(seconds[False]), "deterministic": stats(seconds[True])},
             "cost": ratio - 1,
             "target": target("op determinism cost (deterministic / default step - 1)", ratio - 1, 0.10, at_most=True)}
+
+
+def distributed(cfg: Config, run) -> dict:
+    """Training throughput of params.yaml's model under train.distribute = mirrored, over 1 and 2 devices.
+
+    The devices are GPUs where there are some, else logical CPU devices; each count trains in a
+    fresh process, as logical devices are fixed when TensorFlow starts.
+    """
+    precision = hardware.resolve_precision("auto")
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    spawn = multiprocessing.get_context("spawn")
+    devices = {}
+    for count in (1, 2):
+        if gpus and count > gpus:
+            devices[str(count)] = {"skipped": f"{gpus} GPU here"}
+            continue
+        with spawn.Pool(1) as pool:
+            seconds = pool.apply(_mirrored_steps, (cfg, precision, count))
+        devices[str(count)] = {"step_seconds": stats(seconds), "images_per_second": rate(cfg.pipeline_batch, seconds)}
+    result = {"model": f"{cfg.pipeline_net.label} (params.yaml's model), {precision}", "image_size": cfg.image_size,
+              "global_batch": cfg.pipeline_batch, "device": "GPU" if gpus else "logical CPU",
+              "method": f"{STEP_METHOD}; each device count in a fresh process", "devices": devices,
+              "note": "each device is a GPU" if gpus else (
+                  "logical CPU devices share the same cores: 2 devices show the cost of splitting each batch "
+                  "and summing the gradients, not a speed-up")}
+    if all("step_seconds" in entry for entry in devices.values()):
+        result["speedup_2_vs_1"] = devices["1"]["step_seconds"]["median"] / devices["2"]["step_seconds"]["median"]
+    return result
+
+
+def _mirrored_steps(cfg: Config, precision: str, count: int) -> list[float]:
+    """Step seconds of params.yaml's model under MirroredStrategy over the first ``count`` GPUs or ``count``
+    logical CPU devices, the global batch split across them."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        tf.config.set_visible_devices(gpus[:count], "GPU")
+    params = train_params().model_copy(update={"distribute": "mirrored", "cpu_devices": count,
+                                               "batch_size": cfg.pipeline_batch})
+    strategy = distribute.strategy(params)
+    with _precision(precision), strategy.scope():
+        model = build_unet(cfg.image_size, BINARY, cfg.pipeline_net.params)
+        compile_unet(model, BINARY, params)
+        return step_seconds(model, _random_batch(cfg.pipeline_batch, cfg.image_size), cfg.warmup, cfg.reps)
 
 
 def _steps_with_determinism(cfg: Config, precision: str, enabled: bool) -> list[float]:

@@ -45,6 +45,14 @@ def _determinism(result: dict) -> Iterator[Row]:
             f"off: {seconds['nondeterministic']['median']:.3f} s, cost {result['cost']:+.1%}")
 
 
+def _distribute(result: dict) -> Iterator[Row]:
+    for count, entry in result.get("devices", {}).items():
+        note = entry.get("skipped", "")
+        if count == "2" and "speedup_2_vs_1" in result:
+            note = f"x{result['speedup_2_vs_1']:.2f} vs 1; {result['note']}"
+        yield f"mirrored, {count} {result['device']}", entry.get("images_per_second"), "images/s", note
+
+
 def _augmentation(result: dict) -> Iterator[Row]:
     if "speedup" in result:
         yield "Keras-style (scipy per channel)", result["keras_style"]["images_per_second"], "images/s", ""
@@ -70,7 +78,7 @@ def _dvc_noop(result: dict) -> Iterator[Row]:
 
 
 ROWS = {"peak": _peak, "train_step": _train_step, "input_stall": _input_stall, "determinism": _determinism,
-        "augmentation": _augmentation,
+        "distribute": _distribute, "augmentation": _augmentation,
         "prepare": _prepare, "inference": _inference, "dvc_noop": _dvc_noop}
 
 

@@ -1,4 +1,12 @@
-"""Stage train@<task>: fit the U-Net of one task; writes models/<task> and its curve."""
+"""Stage train@<task>: fit the U-Net of one task; writes models/<task> and its curve.
+
+With ``train.distribute: multi_worker`` this process is one worker of a cluster that
+``TF_CONFIG`` describes: run it as the chief (task 0) under ``dvc repro``, and on every other
+machine, from the same checkout with the same data, start the same stage with that machine's
+``TF_CONFIG``, e.g. ``TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task":
+{"type": "worker", "index": 1}}' python stages/train.py binary``; the processes wait for one
+another at the start, train in step, and only the chief writes (see ``retinaseg.distribute``).
+"""
 
 from pathlib import Path
 

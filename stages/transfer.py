@@ -1,7 +1,9 @@
 """Stage transfer: train a task's U-Net starting from another task's trained model.
 
 Writes models/<task>_transfer and its curve; trains with the same `train` block as the
-from-scratch model of the task, so the two compare at the same epoch budget.
+from-scratch model of the task, so the two compare at the same epoch budget. Under
+``train.distribute: multi_worker`` every other worker runs ``python stages/transfer.py <task>``
+with its ``TF_CONFIG``, as stages/train.py says, and needs ``models/<transfer.init_from>`` too.
 """
 
 from pathlib import Path

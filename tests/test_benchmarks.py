@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["peak", "train_step", "input_stall", "determinism", "augmentation", "prepare", "inference", "dvc_noop"]
+SECTIONS = ["peak", "train_step", "input_stall", "determinism", "distribute", "augmentation", "prepare", "inference",
+            "dvc_noop"]
 
 
 def run_benchmarks(out: Path, *args: str) -> subprocess.CompletedProcess:

@@ -18,6 +18,8 @@ from retinaseg.calibration import DIARETDB1_TRAIN_FIGURES as REAL
 from retinaseg.calibration import measure, parse_ids
 from retinaseg.synthetic import generate
 
+pytestmark = pytest.mark.slow
+
 HALF_SIZE = (750, 576)
 TRAIN_IMAGES = 27
 #: Figures that must lie within a factor of 1.5 of the real ones: (group, threshold, name).

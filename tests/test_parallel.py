@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import run, tiny_project
+from project import run, tiny_project
 
 from retinaseg import tracking
 

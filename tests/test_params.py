@@ -137,6 +137,31 @@ def test_unknown_key_lists_allowed_keys(defaults):
                    "unknown key 'model.deph'; allowed keys: depth, base_filters, dropout, batch_norm, upsampling")
 
 
+@pytest.mark.parametrize("key, value, allowed", [
+    ("distribute", "horovod", "none | mirrored | multi_worker"),
+    ("distribute", None, "none | mirrored | multi_worker"),  # `distribute:` written without a value
+    ("distribute", False, "none | mirrored | multi_worker"),
+    ("cpu_devices", 0, "an integer from 1 to 64"),
+    ("cpu_devices", 65, "an integer from 1 to 64"),
+    ("cpu_devices", True, "an integer from 1 to 64"),
+    ("cpu_devices", "2", "an integer from 1 to 64"),
+])
+def test_distribution_limits(defaults, key, value, allowed):
+    rejected(defaults, "train", key, value, f"train.{key} = {value!r} is not allowed; expected {allowed}")
+
+
+def test_training_is_on_one_device_unless_asked(defaults):
+    """params.yaml says so, and a train block written before the keys existed means the same."""
+    assert defaults["train"]["distribute"] == "none"
+    train = params.validate(defaults).train
+    assert (train.distribute, train.cpu_devices) == ("none", 2)
+    del defaults["train"]["distribute"], defaults["train"]["cpu_devices"]
+    assert params.validate(defaults).train == train
+    for mode in ("mirrored", "multi_worker"):
+        defaults["train"]["distribute"] = mode
+        assert params.validate(defaults).train.distribute == mode
+
+
 def test_missing_key_and_unknown_block(defaults):
     bad = copy.deepcopy(defaults)
     del bad["train"]["lr"]

@@ -1,87 +1,19 @@
-"""A real `dvc repro` of the whole pipeline on a tiny configuration, in a temporary git repo.
+"""A real `dvc repro` of the whole pipeline on a tiny configuration, in a temporary git repo, read back.
 
-The pipeline is reproduced once per session (``reproduced``); tests that only read it use
-it as it is, tests that change params or run experiments get their own copy (``workspace``),
-so every test holds in any order (the suite runs in random order).
+The pipeline is reproduced once per run (the ``reproduced`` fixture, tests/conftest.py); the
+tests here only read it. Tests that change it get their own copy: tests/test_experiments.py.
 """
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import yaml
-
-PROJECT = Path(__file__).resolve().parents[1]
-TINY = {
-    "data": {"num_images": 8, "image_width": 150, "image_height": 116},
-    "prepare": {"image_size": 32, "train_ids": "1-5"},
-    "augment": {"copies": 1},
-    "model": {"depth": 2, "base_filters": 4},
-    "train": {"epochs": 2, "batch_size": 4, "val_fraction": 0.2},
-    "transfer": {"freeze_encoder_epochs": 1},
-    "evaluate": {"n_overlays": 1, "pr_thresholds": 11},
-}
-VARIANTS = ("binary", "multiclass", "multiclass_transfer")
-
-
-def run(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and result.returncode:
-        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def set_params(repo, changes):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for block, values in changes.items():
-        params[block].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def ran_stages(output):
-    return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
-
-
-def commit(repo, message):
-    run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
-
-
-def tiny_project(repo: Path) -> Path:
-    """The project copied into a new git repo at ``repo``, with tiny params, committed, never reproduced."""
-    repo.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(PROJECT / name, repo / name)
-    for folder in ("stages", "src", ".dvc"):
-        shutil.copytree(PROJECT / folder, repo / folder, ignore=shutil.ignore_patterns("tmp", "cache", "__pycache__"))
-    set_params(repo, TINY)
-    run(["git", "init", "-q"], repo)
-    commit(repo, "tiny")
-    return repo
-
-
-@pytest.fixture(scope="session")
-def reproduced(tmp_path_factory):
-    """The project copied into a fresh git repo, reproduced once on tiny data and committed. Read only."""
-    repo = tiny_project(tmp_path_factory.mktemp("reproduced") / "project")
-    repo.joinpath("first_repro.log").write_text(run(["dvc", "repro"], repo).stdout)
-    commit(repo, "reproduced")
-    return repo
-
-
-@pytest.fixture
-def workspace(reproduced, tmp_path):
-    """A private copy of the reproduced project (git history, DVC cache and MLflow store included)."""
-    copy = tmp_path / "project"
-    shutil.copytree(reproduced, copy, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
-    return copy
+from project import LESION_CLASSES, PROJECT, VARIANTS, free_port, run, server_process
 
 
 @pytest.mark.slow
@@ -144,8 +76,8 @@ def test_plots_show_renders_curves_and_overlays(reproduced, tmp_path):
 @pytest.mark.slow
 def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
     repo = reproduced
+    import keras
     import mlflow
-    import numpy as np
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
@@ -167,6 +99,8 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
         comparison = [a.path for a in client.list_artifacts(run.info.run_id, "comparison")]
         assert comparison == ["comparison/comparison.md", "comparison/comparison.png"]
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(f"runs:/{run.info.run_id}/model")).read_text()
+        assert {f"keras=={keras.__version__}", f"numpy=={np.__version__}"} <= set(requirements.split())
         planes = 1 if variant == "binary" else 3
         assert list(model.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 3]
         assert model.predict(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 32, 32, planes)
@@ -174,42 +108,53 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
 
 
 @pytest.mark.slow
-def test_second_repro_runs_nothing_and_an_evaluate_change_reruns_only_evaluation(workspace):
-    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["source"]  # always run; changes nothing
-    set_params(workspace, {"evaluate": {"min_component_px": 5}})
-    assert "evaluate.min_component_px" in run(["dvc", "params", "diff"], workspace).stdout
-    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == [
-        "compare", "evaluate@binary", "evaluate@multiclass", "evaluate_transfer", "source"]
+def test_registry_holds_each_task_with_the_best_version_as_champion(reproduced):
+    """Evaluation registers every model of a task; `champion` is on the best mean core Dice, recomputed here."""
+    from mlflow import MlflowClient
 
-
-@pytest.mark.slow
-def test_bad_param_fails_before_work_naming_the_key(workspace):
-    set_params(workspace, {"model": {"depth": 9}})
-    result = run(["dvc", "repro"], workspace, check=False)
-    assert result.returncode != 0
-    assert "model.depth = 9 is not allowed; expected an integer from 2 to 6" in result.stderr + result.stdout
-    assert "Traceback" not in result.stderr + result.stdout
-    assert ran_stages(result.stdout) == ["source"], "the first stage, which always runs, stops the pipeline"
-
-
-@pytest.mark.slow
-def test_experiment_is_listed_with_its_params(workspace):
-    run(["dvc", "exp", "run", "-S", "evaluate.threshold_beta=1", "--name", "f1-thresholds"], workspace)
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], workspace).stdout
-    assert "f1-thresholds" in shown and "evaluate.threshold_beta" in shown
-
-
-@pytest.mark.slow
-def test_temp_experiment_logs_into_the_workspace_store(workspace):
-    from mlflow.tracking import MlflowClient
-
-    # Only what the binary model needs: the run lands in the store all the same.
-    run(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.003", "--name", "temp-lr", "evaluate@binary"], workspace)
-    client = MlflowClient(tracking_uri=f"sqlite:///{workspace}/mlflow.db")
+    uri = f"sqlite:///{reproduced}/mlflow.db"
+    client = MlflowClient(uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
-    tagged = client.search_runs([experiment.experiment_id], "tags.dvc_exp_name = 'temp-lr'")
-    assert [r.info.run_name for r in tagged] == ["binary"]
-    assert tagged[0].data.params["train.lr"] == "0.003" and "test_macro_f1" in tagged[0].data.metrics
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    for task, variants in (("binary", ["binary"]), ("multiclass", ["multiclass", "multiclass_transfer"])):
+        versions = client.search_model_versions(f"name = 'retinaseg-{task}'")
+        assert sorted(version.tags["variant"] for version in versions) == variants
+        scores = {}
+        for version in versions:
+            mlflow_run = runs[version.tags["variant"]]
+            assert version.run_id == mlflow_run.info.run_id
+            score = float(np.mean([mlflow_run.data.metrics[f"test_{name}_core_f1"] for name in LESION_CLASSES[task]]))
+            assert float(version.tags["test_core_dice"]) == pytest.approx(score, abs=1e-12)
+            scores[int(version.version)] = score
+        champion = client.get_model_version_by_alias(f"retinaseg-{task}", "champion")
+        best = max(scores.values())
+        assert int(champion.version) == min(number for number, score in scores.items() if score == best), scores
+
+
+@pytest.mark.slow
+def test_the_served_champion_answers_as_predict(reproduced, tmp_path):
+    """`mlflow models serve` of the registry's champion, posted the image predict fed the model, answers its
+    probabilities; predict loads the same alias from the project's store."""
+    model, port = "models:/retinaseg-multiclass@champion", free_port()
+    image = reproduced / "data" / "raw" / "resources" / "images" / "ddb1_fundusimages" / "image006.png"  # a test image
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{reproduced}/mlflow.db"}
+    serve = ["mlflow", "models", "serve", "-m", model, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    out, url = tmp_path / "predicted", f"http://127.0.0.1:{port}"
+    (tmp_path / "serve").mkdir()
+    with server_process(serve, tmp_path / "serve", env, f"{url}/ping") as wait_until_ready:
+        run([sys.executable, "-m", "retinaseg.predict", str(image), "--model", model, "--out", str(out),
+             "--save-probabilities"], reproduced)  # meanwhile; the store is the project's own
+        wait_until_ready()
+        model_input = np.load(out / "image006_input.npy")
+        answer = requests.post(f"{url}/invocations", json={"inputs": model_input[None].astype(np.float32).tolist()},
+                               timeout=60)
+    assert answer.status_code == 200, answer.text
+    served = np.asarray(answer.json()["predictions"], dtype=np.float32)
+    assert model_input.shape == (32, 32, 3) and served.shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(served.sum(axis=-1), 1, atol=1e-5)  # softmax over background, red, bright
+    assert np.abs(served[0] - np.load(out / "image006_probabilities.npy")).max() <= 1e-5
+    assert np.load(out / "image006.npy").shape == (116, 150, 3)
 
 
 @pytest.mark.slow
@@ -222,50 +167,3 @@ def test_score_command_rewrites_the_evaluate_stage_eval_json(reproduced, tmp_pat
              "--predictions", f"data/predictions/{variant}", "--task", task,
              "--rules", f"metrics/eval/{variant}/eval.json", "--out", str(out)], reproduced)
         assert out.read_bytes() == (reproduced / "metrics" / "eval" / variant / "eval.json").read_bytes()
-
-
-@pytest.mark.slow
-def test_a_task_added_in_params_is_prepared_trained_evaluated_and_compared(workspace):
-    """dvc.yaml lists no task: its stages come from `tasks` in params.yaml."""
-    params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["tasks"]["bright"] = {"exudates": ["hardexudates", "softexudates"]}
-    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stages = run(["dvc", "stage", "list", "--name-only"], workspace).stdout.split()
-    assert {"train@bright", "evaluate@bright"} <= set(stages)
-    ran = ran_stages(run(["dvc", "repro", "evaluate@bright"], workspace).stdout)  # not the other tasks' retraining
-    ran += ran_stages(run(["dvc", "repro", "--single-item", "compare"], workspace).stdout)
-    assert ran == ["augment", "evaluate@bright", "prepare", "source", "train@bright", "compare"]
-    evaluation = json.loads((workspace / "metrics" / "eval" / "bright" / "eval.json").read_text())
-    assert evaluation["lesion_classes"] == ["exudates"]
-    assert "| bright | scratch | exudates |" in (workspace / "metrics" / "comparison.md").read_text()
-    assert (workspace / "data" / "prepared" / "train" / "masks_bright.npy").exists()
-
-
-@pytest.mark.slow
-def test_a_changed_file_in_a_local_source_reruns_fetch_and_an_unchanged_one_nothing(workspace):
-    import time
-
-    from PIL import Image
-
-    source = workspace / "local_copy"
-    shutil.copytree(workspace / "data" / "raw", source)
-    set_params(workspace, {"data": {"source": str(source)}})
-    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["compare", "fetch", "source"], \
-        "the same files from another place: prepare and training stay as they are (compare declares data.source)"
-    started = time.perf_counter()
-    assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["source"]
-    assert time.perf_counter() - started <= 3.0, "an unchanged source costs a no-op repro at most 3 s"
-    maps = sorted((source / "resources" / "images" / "ddb1_groundtruth" / "hemorrhages").glob("*.png"))
-    pixels = np.array(Image.open(maps[0]))
-    pixels[:8, :8] = 21
-    Image.fromarray(pixels).save(maps[0])
-    assert ran_stages(run(["dvc", "repro", "fetch"], workspace).stdout) == ["fetch", "source"]
-
-
-@pytest.mark.slow
-def test_same_inputs_give_byte_identical_eval_json_and_an_empty_metrics_diff(workspace, reproduced):
-    run(["dvc", "repro", "--force", "--single-item", "evaluate@binary", "evaluate_transfer"], workspace)
-    for variant in ("binary", "multiclass_transfer"):
-        path = Path("metrics") / "eval" / variant / "eval.json"
-        assert (workspace / path).read_bytes() == (reproduced / path).read_bytes()
-    assert run(["dvc", "metrics", "diff", "--json"], workspace).stdout.strip() in ("", "{}")

@@ -130,6 +130,32 @@ def test_overlay_paints_exactly_the_predicted_lesions_above_a_legend(models, fun
         assert (overlay[70:] == colour).all(axis=-1).sum() > 20  # its legend swatch
 
 
+def test_save_probabilities_writes_the_model_input_and_its_answer(models, fundus, tmp_path, capsys):
+    from retinaseg.fundus import crop_resize, image_fundus_box
+
+    path = fundus[0]
+    out = tmp_path / "out"
+    predict.main([str(path), "--model", str(models / "multiclass"), "--out", str(out), "--save-probabilities"])
+    model_input, probabilities = np.load(out / "eye_input.npy"), np.load(out / "eye_probabilities.npy")
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert model_input.dtype == np.uint8 and model_input.shape == (32, 32, 3)
+    assert (model_input == crop_resize(image, image_fundus_box(image), 32)).all()
+    assert probabilities.dtype == np.float32 and probabilities.shape == (32, 32, 3)
+    expected = colour_model(3).predict(model_input[None].astype(np.float32), verbose=0)[0]
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+    assert probabilities[..., 2].max() > 0.99 and probabilities[..., 1].max() > 0.99  # both spots
+    assert f"{out / 'eye_input.npy'}, {out / 'eye_probabilities.npy'}" in capsys.readouterr().out
+
+
+def test_save_probabilities_names_that_clash_are_found_before_any_output(fundus, tmp_path):
+    other = tmp_path / "other" / "eye_input.png"
+    other.parent.mkdir()
+    other.write_bytes(fundus[0].read_bytes())
+    predict.check_inputs([fundus[0], other])  # eye.npy and eye_input.npy: no clash without the option
+    one_line_error(lambda: predict.check_inputs([fundus[0], other], save_probabilities=True),
+                   str(other), "eye_input.npy", "rename")
+
+
 @pytest.mark.parametrize("threshold, expected", [("0", "fov"), ("0.5", "bright"), ("1", "none")])
 def test_binary_model_thresholds_its_single_plane(models, fundus, tmp_path, threshold, expected):
     path, lit, bright, _ = fundus

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_pipeline import commit, reproduced, run, workspace  # noqa: F401 (fixtures)
+from project import commit, run
 
 PULLED = ("models/multiclass/model.keras", "data/prepared/test/images.npy",
           "data/predictions/multiclass/image008.npy", "metrics/eval/multiclass/overlays")

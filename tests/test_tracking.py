@@ -102,6 +102,14 @@ def test_setup_creates_experiment_with_artifacts_in_project(tmp_path, monkeypatc
     assert Path(tmp_path / "mlflow.db").exists()
 
 
+def test_a_tracking_server_keeps_its_own_artifact_root(tmp_path):
+    """A client-side folder would be on the client's disk only; the server's root (mlflow-artifacts:/ with
+    --serve-artifacts) is the same for every client. tests/test_server.py checks it on a real server."""
+    assert tracking._artifact_location("http://127.0.0.1:5000", tmp_path) is None
+    assert tracking._artifact_location("HTTPS://mlflow.example.org", tmp_path) is None
+    assert tracking._artifact_location(f"sqlite:///{tmp_path}/other.db", tmp_path) == (tmp_path / "mlruns").as_uri()
+
+
 def test_a_run_missing_from_the_store_is_named_with_the_fix(tmp_path, monkeypatch):
     from helpers import one_line_error
 

@@ -130,6 +130,27 @@ def test_mlflow_runs_uri_loads_the_logged_model_and_its_run_json(saved, tmp_path
                    "runs:/0123456789abcdef0123456789abcdef/model", "cannot load it from", "mlflow ui")
 
 
+def test_a_registry_alias_loads_the_champion_and_its_run_json(saved, tmp_path, monkeypatch):
+    import mlflow
+
+    from retinaseg import registry, tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    folder = with_run_json(saved, tmp_path, RUN)
+    with mlflow.start_run(experiment_id=tracking.setup()) as run:
+        mlflow.tensorflow.log_model(load_trained(folder).model, name="model", pip_requirements=[])
+        mlflow.log_artifact(str(folder / "run.json"))
+    version, champion = registry.register(run.info.run_id, "multiclass", "multiclass", 0.5)
+    assert str(champion.version) == str(version.version) == "1"
+    for uri in ("models:/retinaseg-multiclass@champion", "models:/retinaseg-multiclass/1"):
+        trained = load_trained(uri)
+        assert trained.source == uri and trained.run == RUN
+        np.testing.assert_allclose(trained.model.predict(saved[1], verbose=0), saved[2], atol=1e-6)
+    one_line_error(lambda: load_trained("models:/retinaseg-multiclass@nope"), "models:/retinaseg-multiclass@nope",
+                   "cannot load it from", "alias")
+
+
 def test_mlflow_uri_without_a_store_creates_none(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -28,13 +28,19 @@ TRAIN = TrainParams(target="mask", loss="dice", lr=0.001, epochs=1, batch_size=2
                     mixed_precision="float32", jit_compile=False, threads=0)
 
 
+def tiny_sets(root: Path, image_size: int = PREPARE.image_size, train_ids: str = PREPARE.train_ids,
+              copies: int = AUGMENT.copies) -> Path:
+    """Six synthetic images prepared for both tasks and the augmented training set, in ``root``."""
+    generate(root / "raw", num_images=6, size=(80, 62), seed=1)
+    prepare_dataset(root / "raw", root / "prepared", tasks=[BINARY, MULTICLASS], workers=1,
+                    params=PREPARE.model_copy(update={"image_size": image_size, "train_ids": train_ids}))
+    augment_training_set(root / "prepared", root / "augmented", AUGMENT.model_copy(update={"copies": copies}))
+    return root
+
+
 @pytest.fixture(scope="module")
 def arrays(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    generate(root / "raw", num_images=6, size=(80, 62), seed=1)
-    prepare_dataset(root / "raw", root / "prepared", tasks=[BINARY, MULTICLASS], params=PREPARE, workers=1)
-    augment_training_set(root / "prepared", root / "augmented", AUGMENT)
-    return root
+    return tiny_sets(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture

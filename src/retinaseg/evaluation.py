@@ -1,4 +1,4 @@
-"""Evaluate stage: predict the test split, score it (``score``), draw overlays and log to MLflow."""
+"""Evaluate stage: predict the test split, score it (``score``), draw overlays, log to MLflow and register the model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from retinaseg import anatomy, postprocess, tracking
+from retinaseg import anatomy, postprocess, registry, tracking
 from retinaseg.arrays import load_set
 from retinaseg.atomic import atomic_path, write_json
 from retinaseg.params import EvaluateParams
@@ -96,7 +96,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, predicti
     summary, curves, predicted = score_folder(prepared_dir / "test", predictions_dir, task, scoring, variant)
     core = test[f"core_{task.name}"].astype(bool)
     _write_outputs(out_dir, summary, curves, test["images"][:params.n_overlays], core, predicted, task, variant)
-    _log(run_id, out_dir, summary, params)
+    _log(run_id, out_dir, summary, params, task, variant)
     return summary
 
 
@@ -115,15 +115,22 @@ def _write_outputs(out_dir: Path, summary: dict, curves: dict, images: np.ndarra
     write_json(out_dir / "eval.json", summary)
 
 
-def _log(run_id: str, out_dir: Path, summary: dict, params: EvaluateParams) -> None:
+def _log(run_id: str, out_dir: Path, summary: dict, params: EvaluateParams, task: Task, variant: str) -> None:
+    """Log the test metrics and files to the training run, then register its model (``registry``)."""
     import mlflow
 
+    metrics = flat_test_metrics(summary)
     with mlflow.start_run(run_id=run_id):
         mlflow.set_tags({f"evaluate.{key}": value for key, value in params.model_dump().items()})
-        mlflow.log_metrics(flat_test_metrics(summary))
+        mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out_dir / "eval.json"), artifact_path="evaluation")
         mlflow.log_artifacts(str(out_dir / "pr_curves"), artifact_path="evaluation/pr_curves")
         mlflow.log_artifacts(str(out_dir / "overlays"), artifact_path="evaluation/overlays")
+    score = registry.champion_score(metrics, summary["lesion_classes"])
+    version, champion = registry.register(run_id, task.name, variant, score)
+    scored = "no score" if score is None else f"mean core Dice {score:.3f}"
+    print(f"evaluate {variant}: registered as {registry.model_name(task.name)} version {version.version} ({scored}); "
+          f"{registry.CHAMPION}: version {champion.version if champion else 'none'}")
 
 
 def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:

@@ -197,6 +197,9 @@ class TrainParams(Block):
     mixed_precision: choice("auto", "float32", "bfloat16")
     jit_compile: Boolean
     threads: integer(0, 256)
+    # Defaults: blocks built in code before these keys existed train on one device, as they did.
+    distribute: choice("none", "mirrored", "multi_worker") = "none"
+    cpu_devices: integer(1, 64) = 2
 
 
 class TransferParams(Block):

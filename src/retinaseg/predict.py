@@ -1,19 +1,33 @@
 """Segment new fundus images with a trained model: class planes and an overlay per image.
 
     python -m retinaseg.predict IMAGE... --model PATH_OR_MLFLOW_URI --out DIR [--threshold 0.5 | --eval EVAL_JSON]
-        [--no-crop]
+        [--no-crop] [--save-probabilities]
 
 ``--model`` is a ``model.keras`` file, a ``models/<variant>`` folder or an MLflow model URI
-(``runs:/<run_id>/model``, ``models:/<name>/<version>``). Each image gives ``DIR/<stem>.npy``
-(uint8 {0,1} class planes [H,W,C] at the image's own size) and ``DIR/<stem>_overlay.png``.
-Lesions are kept inside the field of view only. ``--eval metrics/eval/<variant>/eval.json`` applies
-that evaluation's post-processing: its per-class thresholds (chosen on validation images),
-smallest component and optic-disc rule.
+(``runs:/<run_id>/model``; from the Model Registry ``models:/retinaseg-<task>/<version>`` or
+``models:/retinaseg-<task>@champion``, the best evaluated model of the task). Each image
+gives ``DIR/<stem>.npy`` (uint8 {0,1} class planes [H,W,C] at the image's own size) and
+``DIR/<stem>_overlay.png``. Lesions are kept inside the field of view only. ``--eval
+metrics/eval/<variant>/eval.json`` applies that evaluation's post-processing: its per-class
+thresholds (chosen on validation images), smallest component and optic-disc rule.
+
+Serving. ``mlflow models serve -m models:/retinaseg-<task>@champion --env-manager local -p 5001``
+serves the Keras model alone; what happens before and after it stays here. Request: POST
+``/invocations`` with JSON ``{"inputs": X}``, X of shape [N, S, S, 3]: N images of the
+model's input size S (run.json ``image_size``), RGB pixel values 0-255 as numbers (float32
+in the model's signature; the model scales them to [0, 1] itself), each the fundus cut to
+its bounding box and resized to S x S with ``fundus.crop_resize`` (``predict_image``). Answer:
+``{"predictions": P}``, P of shape [N, S, S, C], the class probabilities (a sigmoid plane
+for one class; softmax over background and classes otherwise), before thresholds, cleaning
+and the field-of-view rule. ``--save-probabilities`` writes both sides for each image:
+``DIR/<stem>_input.npy`` (uint8 [S, S, 3], the request's image) and
+``DIR/<stem>_probabilities.npy`` (float32 [S, S, C], the answer to expect, to float precision).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m retinaseg.predict", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="fundus images (any size and mode)")
     parser.add_argument("--model", required=True, metavar="PATH_OR_MLFLOW_URI",
-                        help="model.keras, models/<variant>, runs:/<run_id>/model or models:/<name>/<version>")
+                        help="model.keras, models/<variant>, runs:/<run_id>/model, models:/<name>/<version> "
+                             "or models:/<name>@<alias> (e.g. models:/retinaseg-multiclass@champion)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
     rules = parser.add_mutually_exclusive_group()
     rules.add_argument("--threshold", type=probability, default=0.5,
@@ -45,7 +60,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                        help="take thresholds, smallest component and optic-disc rule from this eval.json")
     parser.add_argument("--no-crop", action="store_true",
                         help="resize the whole image instead of the fundus' bounding box")
+    parser.add_argument("--save-probabilities", action="store_true",
+                        help="also write <stem>_input.npy (uint8, the image as the model sees it: what to send a "
+                             "served model) and <stem>_probabilities.npy (float32, the model's answer)")
     return parser.parse_args(argv)
+
+
+def output_names(stem: str, save_probabilities: bool) -> list[str]:
+    """The files one image writes into the output folder."""
+    extra = [f"{stem}_input.npy", f"{stem}_probabilities.npy"] if save_probabilities else []
+    return [f"{stem}.npy", f"{stem}_overlay.png", *extra]
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -60,16 +84,17 @@ def read_image(path: Path) -> np.ndarray:
         raise PipelineError(f"{path}: unreadable or corrupt image ({reason}); pass a PNG, JPEG or TIFF file") from None
 
 
-def check_inputs(paths: list[Path]) -> None:
-    """Decode every image and reject clashing names before any output is written.
+def check_inputs(paths: list[Path], save_probabilities: bool = False) -> None:
+    """Decode every image and reject clashing output names before any output is written.
 
     Images are decoded again when predicted, so memory holds one image at a time.
     """
     seen: dict[str, Path] = {}
     for path in paths:
-        if path.stem in seen:
-            raise PipelineError(f"{path} and {seen[path.stem]} would both write {path.stem}.npy; rename one")
-        seen[path.stem] = path
+        for name in output_names(path.stem, save_probabilities):
+            if name in seen:
+                raise PipelineError(f"{path} and {seen[name]} would both write {name}; rename one")
+            seen[name] = path
         read_image(path)
 
 
@@ -81,8 +106,17 @@ def rules_from_args(args: argparse.Namespace, trained: TrainedModel) -> Rules:
     return Scoring.from_eval_json(args.eval, lesion_names).rules
 
 
-def predict_image(trained: TrainedModel, image: np.ndarray, rules: Rules, crop: bool) -> np.ndarray:
-    """uint8 {0,1} class planes [H,W,C] for one RGB image, preprocessed as in training.
+@dataclass(frozen=True)
+class Prediction:
+    """One image through the model: what the model saw, what it answered, and the class planes of the image."""
+
+    model_input: np.ndarray  # uint8 [S,S,3]: the fundus cropped and resized
+    probabilities: np.ndarray  # float32 [S,S,C]
+    planes: np.ndarray  # uint8 {0,1} [H,W,C] at the image's size
+
+
+def predict_image(trained: TrainedModel, image: np.ndarray, rules: Rules, crop: bool) -> Prediction:
+    """Class planes of one RGB image, preprocessed as in training, with the model's input and output.
 
     Pixels outside the field of view (found from the image) get no class (all planes 0).
     """
@@ -95,7 +129,8 @@ def predict_image(trained: TrainedModel, image: np.ndarray, rules: Rules, crop: 
     planes = rules.apply(probabilities, fov, disc)
     if trained.task.is_multiclass:
         planes[~fov, 0] = False  # no class outside the field of view
-    return paste_back(planes.astype(np.uint8), box, (height, width))
+    return Prediction(resized, probabilities.astype(np.float32),
+                      paste_back(planes.astype(np.uint8), box, (height, width)))
 
 
 def paste_back(planes: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
@@ -140,19 +175,22 @@ def overlay(image: np.ndarray, planes: np.ndarray, trained: TrainedModel) -> Ima
     return canvas
 
 
-def write_outputs(path: Path, image: np.ndarray, planes: np.ndarray, trained: TrainedModel,
-                  out_dir: Path) -> list[Path]:
-    """Write ``<stem>.npy`` and ``<stem>_overlay.png`` atomically; return their paths."""
-    array_path, overlay_path = out_dir / f"{path.stem}.npy", out_dir / f"{path.stem}_overlay.png"
-    save_npy(array_path, planes)
-    with atomic_path(overlay_path) as tmp:
-        overlay(image, planes, trained).save(tmp, format="PNG")
-    return [array_path, overlay_path]
+def write_outputs(path: Path, image: np.ndarray, prediction: Prediction, trained: TrainedModel, out_dir: Path,
+                  save_probabilities: bool) -> list[Path]:
+    """Write the files of ``output_names`` atomically; return their paths."""
+    paths = [out_dir / name for name in output_names(path.stem, save_probabilities)]
+    save_npy(paths[0], prediction.planes)
+    with atomic_path(paths[1]) as tmp:
+        overlay(image, prediction.planes, trained).save(tmp, format="PNG")
+    if save_probabilities:
+        save_npy(paths[2], prediction.model_input)
+        save_npy(paths[3], prediction.probabilities)
+    return paths
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    check_inputs(args.images)
+    check_inputs(args.images, args.save_probabilities)
     trained = load_trained(args.model)
     rules = rules_from_args(args, trained)
     crop = trained.crop_to_fundus and not args.no_crop
@@ -160,9 +198,9 @@ def main(argv: list[str]) -> None:
           f"{trained.image_size} px, {'cropped to the fundus' if crop else 'whole image'}")
     for path in args.images:
         image = read_image(path)
-        planes = predict_image(trained, image, rules, crop)
-        written = write_outputs(path, image, planes, trained, args.out)
-        counts = planes.sum(axis=(0, 1), dtype=np.int64)
+        prediction = predict_image(trained, image, rules, crop)
+        written = write_outputs(path, image, prediction, trained, args.out, args.save_probabilities)
+        counts = prediction.planes.sum(axis=(0, 1), dtype=np.int64)
         pixels = ", ".join(f"{name} {count}" for name, count in zip(trained.task.plane_names, counts.tolist()))
         print(f"{path.name}: {image.shape[1]}x{image.shape[0]} -> {', '.join(map(str, written))}; {pixels} px")
 

@@ -3,14 +3,17 @@
 The store is ``sqlite:///<project>/mlflow.db`` with artifacts in ``<project>/mlruns``,
 addressed by absolute paths so that ``dvc exp run --temp`` and queued experiments (which
 run in copies under ``.dvc/tmp/exps``) log into the same store as the workspace.
-``MLFLOW_TRACKING_URI`` still wins when set.
+``MLFLOW_TRACKING_URI`` still wins when set. A tracking server (http/https, e.g. ``make
+server``) keeps artifacts where it is configured to: the experiment is created with the
+server's default artifact root (``mlflow-artifacts:/`` with ``--serve-artifacts``), so
+clients upload through the server and need no shared disk.
 
 ``setup`` checks the store before any work: a tracking server that does not answer, or
 answers but is not MLflow, stops the stage within seconds with a one-line error (MLflow's
 own client would retry for minutes). Several stages may start at once (``dvc exp run
 --queue`` with ``dvc queue start -j 2``, ``dvc exp run --run-all -j N``): the first
 creation of a SQLite store (its schema migrations) and of the experiment is serialised by
-a file lock beside the database, ``mlflow.db.lock``.
+a file lock beside the database, ``mlflow.db.lock``, which also serialises model registrations.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ EXPERIMENT = "retinal-lesion-segmentation"
 PROBE_TIMEOUT = 5
 #: Seconds to wait for another process creating the SQLite store or the experiment.
 LOCK_TIMEOUT = 300
-SERVER_HINT = "`mlflow server --host 127.0.0.1 --port 5000`"
+SERVER_HINT = "`make server`, or `mlflow server --host 127.0.0.1 --port 5000`"
 
 
 def project_root(cwd: Path | None = None) -> Path:
@@ -65,12 +68,12 @@ def setup(root: Path | None = None) -> str:
 
     mlflow.set_tracking_uri(uri)
     name = experiment_name()
-    with _store_lock(uri):
+    with store_lock(uri):
         try:
             experiment = mlflow.get_experiment_by_name(name)  # the first use creates and migrates a new store
             if experiment is None:
                 try:
-                    return mlflow.create_experiment(name, artifact_location=(project_root(root) / "mlruns").as_uri())
+                    return mlflow.create_experiment(name, artifact_location=_artifact_location(uri, root))
                 except MlflowException:  # "already exists": created meanwhile by a process outside our lock
                     experiment = mlflow.get_experiment_by_name(name)
                     if experiment is None:
@@ -84,6 +87,19 @@ def setup(root: Path | None = None) -> str:
     return experiment.experiment_id
 
 
+def is_server(uri: str) -> bool:
+    return urlsplit(uri).scheme.lower() in ("http", "https")
+
+
+def _artifact_location(uri: str, root: Path | None) -> str | None:
+    """``<project>/mlruns`` beside a database store; None (the server's own root) for a tracking server.
+
+    A file location chosen by a client would name a folder on that client's disk, which
+    neither the server nor other clients can read.
+    """
+    return None if is_server(uri) else (project_root(root) / "mlruns").as_uri()
+
+
 def check_store(uri: str) -> None:
     """Stop at once, with the fix, when the tracking server at ``uri`` cannot be used.
 
@@ -92,7 +108,7 @@ def check_store(uri: str) -> None:
     MLflow does (JSON: the experiment, or RESOURCE_DOES_NOT_EXIST). Other stores are
     checked by their first use in ``setup``.
     """
-    if urlsplit(uri).scheme.lower() in ("http", "https"):
+    if is_server(uri):
         _probe_server(uri)
 
 
@@ -177,8 +193,9 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 @contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Hold ``<database>.lock`` while a SQLite store and its experiment are opened or created."""
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` while a SQLite store and its experiment are opened or created, or a model is
+    registered (``registry``); any other store goes unlocked."""
     path = _sqlite_path(uri) if urlsplit(uri).scheme.lower() == "sqlite" else None
     if path is None:
         yield
@@ -191,7 +208,7 @@ def _store_lock(uri: str) -> Iterator[None]:
         lock.acquire()
     except Timeout:  # before OSError, of which it is one
         raise PipelineError(f"waited {LOCK_TIMEOUT} s for {lock.lock_file}, held by another process opening the "
-                            "MLflow store; check for a hung stage (`ps`) and stop it") from None
+                            "MLflow store or registering a model; check for a hung stage (`ps`) and stop it") from None
     except OSError as error:
         raise PipelineError(f"MLflow store {uri}: cannot create {lock.lock_file} ({error.strerror or error}); "
                             "check the folder, or set MLFLOW_TRACKING_URI to a store you can write") from None

@@ -18,7 +18,7 @@ from retinaseg.errors import PipelineError
 from retinaseg.tasks import Task
 
 _HELP = ("pass a model.keras file, a models/<variant> folder (`dvc repro` trains them) "
-         "or an MLflow URI such as runs:/<run_id>/model")
+         "or an MLflow URI such as runs:/<run_id>/model or models:/retinaseg-<task>@champion")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,11 @@ def is_mlflow_uri(spec: str) -> bool:
 
 
 def load_trained(spec: str | Path) -> TrainedModel:
-    """Load a model file, a ``models/<variant>`` folder or an MLflow model URI, with its run.json."""
+    """Load a model file, a ``models/<variant>`` folder or an MLflow model URI, with its run.json.
+
+    MLflow URIs: ``runs:/<run_id>/model``, or from the Model Registry (``registry``)
+    ``models:/retinaseg-<task>/<version>`` and ``models:/retinaseg-<task>@champion``.
+    """
     spec = str(spec)
     if is_mlflow_uri(spec):
         model, run = _load_mlflow(spec)
@@ -99,7 +103,8 @@ def _load_mlflow(uri: str) -> tuple[Any, dict[str, Any] | None]:
         model = mlflow.tensorflow.load_model(uri)
     except (MlflowException, OSError, ValueError) as error:
         raise PipelineError(f"{uri}: cannot load it from {store} ({first_line(error)}); "
-                            f"check the run id or model name with `mlflow ui --backend-store-uri {store}`") from None
+                            "check the run id, model name, version or alias with "
+                            f"`mlflow ui --backend-store-uri {store}`") from None
     return model, _mlflow_run_json(uri)
 
 

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from retinaseg import hardware, losses, resume, tracking
+from retinaseg import distribute, hardware, losses, resume, tracking
 from retinaseg.arrays import TARGET_SCALE, load_set
 from retinaseg.atomic import atomic_path, write_json
 from retinaseg.errors import PipelineError
@@ -118,8 +118,9 @@ def compile_unet(model, task: Task, params: TrainParams, class_weights: list[flo
     for layer in model.layers:
         if is_encoder_layer(layer):
             layer.trainable = train_encoder
+    loss = losses.build_loss(params.loss, task, class_weights)
     model.compile(optimizer=keras.optimizers.Adam(params.lr, name="adam"),
-                  loss=losses.build_loss(params.loss, task, class_weights),
+                  loss=distribute.replica_share(loss, model.distribute_strategy),
                   metrics=[losses.dice_coefficient], jit_compile=params.jit_compile)
 
 
@@ -142,9 +143,10 @@ def fit_phases(model, task: Task, params: TrainParams, data: TrainingData, callb
         start = max(first, done)
         if start >= last:
             continue
-        compile_unet(model, task, params, class_weights, train_encoder)
-        if start > first:
-            progress.restore_optimizer(model)
+        with model.distribute_strategy.scope():  # each phase's optimizer is made, and restored, on every replica
+            compile_unet(model, task, params, class_weights, train_encoder)
+            if start > first:
+                progress.restore_optimizer(model)
         # The dataset shuffles itself, by (seed, epoch); fit's own shuffle does not apply to datasets.
         phase = model.fit(train_data, validation_data=val_data, initial_epoch=start, epochs=last, verbose=2,
                           shuffle=False, callbacks=[order, *callbacks]).history
@@ -169,23 +171,22 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
     ``models/<task>``), the model starts from that model's weights wherever layer shapes
     match, and its encoder stays frozen for the first ``freeze_encoder_epochs`` of the
     same epoch budget. Writes ``model.keras`` and ``run.json`` (the MLflow run that evaluate
-    continues) into ``outputs.model_dir`` and the per-epoch curve, all atomically. A run
-    killed mid-way resumes from ``outputs.progress_dir`` in the same MLflow run.
+    continues) into ``outputs.model_dir`` and the per-epoch curve, all atomically (of multi_worker's
+    processes, the chief alone). A run killed mid-way resumes from ``outputs.progress_dir`` in the same MLflow run.
     """
-    import mlflow
-
-    experiment_id = tracking.setup()  # first: a tracking server that is down stops the stage before any work
+    chief = distribute.is_chief(train_params.distribute)  # a bad TF_CONFIG stops the stage before any work
+    experiment_id = tracking.setup() if chief else ""  # first: a tracking server that is down stops the stage
     variant = variant or task.name
-    precision = hardware.configure(train_params.mixed_precision, train_params.threads)
-    keras.utils.set_random_seed(train_params.seed)
-    # Same inputs, same model, byte for byte; costs about 6 % a step here (`python -m benchmarks --only determinism`).
-    tf.config.experimental.enable_op_determinism()
     data = load_training_data(task, prepared_dir, augmented_dir, train_params)
     weights = _class_weights(data, train_params)
-    model = build_unet(data.train_x.shape[1], task, model_params)
-    source = _initialise(model, init_dir) if init_dir else None
-    frozen_epochs = freeze_encoder_epochs if source else 0
-    progress, state = _progress(outputs.progress_dir, logged_params, variant, source, prepared_dir, augmented_dir)
+    precision, strategy = _start_tensorflow(train_params, data)
+    model, source, frozen_epochs = _model(task, data, model_params, strategy, init_dir, freeze_encoder_epochs)
+    if not chief:
+        return _train_in_step(model, task, train_params, data, frozen_epochs, weights)
+    import mlflow
+
+    progress, state = _progress(outputs.progress_dir, logged_params, variant, source, prepared_dir, augmented_dir,
+                                distribute.resumes(train_params.distribute))
     print(f"train {variant}: {model.name}, {model.count_params():,} parameters, {precision}, "
           f"{len(data.train_x)} training rows from {data.train_images} images, {len(data.val_x)} validation images"
           + (f"; resuming after epoch {state['epoch']}" if state else ""))
@@ -193,7 +194,8 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
     with (_start_run(experiment_id, variant, _tags(task, source), state) as run,
           atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.curve_path) as curve):
         tracking.log_params({**logged_params, **_run_params(variant, task, model, data, weights, source),
-                             "mixed_precision_used": precision})
+                             "mixed_precision_used": precision, "train.distribute": train_params.distribute,
+                             "replicas": distribute.replicas(strategy)})
         epochs = _resumed(model, progress, state)
         started = time.perf_counter()
         fit_phases(model, task, train_params, data, _callbacks(progress, monitor, run.info.run_id, epochs),
@@ -220,6 +222,30 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
     return summary
 
 
+def _start_tensorflow(params: TrainParams, data: TrainingData) -> tuple[str, tf.distribute.Strategy]:
+    """Precision, threads and the strategy's devices, which TensorFlow fixes when it starts (the first tensor
+    or model), so they come first; then the seeds. Returns the precision used and the strategy."""
+    precision = hardware.configure(params.mixed_precision, params.threads)
+    strategy = distribute.strategy(params)
+    distribute.check_batches(params, distribute.replicas(strategy),
+                             {"training rows": len(data.train_x), "validation images": len(data.val_x)})
+    keras.utils.set_random_seed(params.seed)
+    # Same inputs, same model, byte for byte; costs about 6 % a step here (`python -m benchmarks --only determinism`).
+    tf.config.experimental.enable_op_determinism()
+    return precision, strategy
+
+
+def _model(task: Task, data: TrainingData, model_params: ModelParams, strategy: tf.distribute.Strategy,
+           init_dir: Path | None, freeze_encoder_epochs: int) -> tuple[keras.Model, dict[str, Any] | None, int]:
+    """The U-Net, its variables made in the strategy's scope; the trained model it starts from, if any;
+    and the epochs its encoder stays frozen."""
+    with strategy.scope():
+        model = build_unet(data.train_x.shape[1], task, model_params)
+    distribute.enable_multi_worker_fit(model, strategy)
+    source = _initialise(model, init_dir) if init_dir else None
+    return model, source, freeze_encoder_epochs if source else 0
+
+
 def _class_weights(data: TrainingData, params: TrainParams) -> list[float] | None:
     """Per-plane weights from the training targets, for the weighted losses only."""
     if not params.loss.startswith("weighted"):
@@ -237,10 +263,11 @@ def _run_params(variant: str, task: Task, model, data: TrainingData, weights: li
 
 
 def _progress(folder: Path, logged_params: dict[str, Any], variant: str, source: dict[str, Any] | None,
-              prepared_dir: Path, augmented_dir: Path) -> tuple[Progress, dict[str, Any] | None]:
+              prepared_dir: Path, augmented_dir: Path, resumable: bool) -> tuple[Progress, dict[str, Any] | None]:
     """The resumable state of this run, if a killed run with the same inputs left one.
 
-    The MLflow run of a state left by other inputs is ended as KILLED, not left running.
+    The MLflow run of a state left by other inputs is ended as KILLED, not left running;
+    so is that of a state that cannot be resumed (``resumable`` false), which is discarded.
     """
     progress = Progress(folder, resume.signature(
         logged_params, variant, source["run_id"] if source else None,
@@ -248,7 +275,25 @@ def _progress(folder: Path, logged_params: dict[str, Any], variant: str, source:
     stale = progress.stale_run_id()
     if stale:
         tracking.end_run(stale, "KILLED")
-    return progress, progress.load()
+    state = progress.load()
+    if state and not resumable:
+        print(f"train {variant}: the {state['epoch']} epoch(s) a killed run left in {folder} cannot be resumed "
+              "by train.distribute = multi_worker (the other workers do not have them); starting afresh")
+        tracking.end_run(state["run_id"], "KILLED")
+        return progress, None
+    return progress, state
+
+
+def _train_in_step(model, task: Task, params: TrainParams, data: TrainingData, frozen_epochs: int,
+                   class_weights: list[float] | None) -> dict[str, Any]:
+    """A multi_worker process other than the chief: every step of the chief's fit, writing nothing.
+
+    Outputs, progress and MLflow are the chief's; stopping on NaN or infinity is decided
+    from the same all-reduced loss in every process, so all of them stop together.
+    """
+    history = fit_phases(model, task, params, data, [keras.callbacks.TerminateOnNaN()], frozen_epochs, class_weights)
+    print(f"train {task.name}: worker done, {len(history['loss'])} epochs in step with the chief")
+    return {"task": task.name, "chief": False, "epochs": len(history["loss"]), "loss": history["loss"]}
 
 
 def _start_run(experiment_id: str, variant: str, tags: dict[str, str], state: dict[str, Any] | None):
@@ -313,7 +358,24 @@ def _log_results(summary: dict[str, Any], seconds: float, monitor: str, checkpoi
         best.save(checkpoint)
     sample = sample.astype(np.float32)
     signature = mlflow.models.infer_signature(sample, best.predict(sample, verbose=0))
-    mlflow.tensorflow.log_model(best, name="model", signature=signature)
+    mlflow.tensorflow.log_model(best, name="model", signature=signature, pip_requirements=model_requirements())
+
+
+def model_requirements() -> list[str]:
+    """The packages a logged model loads with, pinned as installed here.
+
+    Given, MLflow does not infer them by loading the model again in a subprocess, which took
+    6-7 s per logged model on 2 cores.
+    """
+    from importlib import metadata
+
+    pinned = []
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy"):
+        try:
+            pinned.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pinned
 
 
 def _initialise(model, init_dir: Path) -> dict[str, Any]:
