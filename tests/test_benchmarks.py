@@ -90,3 +90,14 @@ def test_only_runs_the_chosen_sections(tmp_path):
     done = run_benchmarks(out, "--only", "augmentation", "dvc_noop")
     assert done.returncode == 0, done.stderr[-3000:]
     assert list(json.loads(out.read_text())["sections"]) == ["augmentation", "dvc_noop"]
+
+
+def test_tracking_server_load_runs_a_real_server_and_reports_every_level(tmp_path):
+    out = tmp_path / "server.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.tracking_server", "--clients", "1", "2",
+                           "--seconds", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    levels = json.loads(out.read_text())["levels"]
+    assert [row["clients"] for row in levels] == [1, 2]
+    for row in levels:
+        assert row["requests"] > 0 and row["errors"] == 0 and 0 < row["p50_ms"] <= row["p95_ms"]
