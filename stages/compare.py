@@ -1,10 +1,10 @@
-"""Stage compare: metrics/comparison.md and .png, every variant side by side, also in MLflow."""
+"""Stage compare: metrics/comparison.md and .png ranked by core CPM, and every FROC curve in metrics/froc.json."""
 
 from pathlib import Path
 
 from retinaseg import params, stage, tracking
-from retinaseg.atomic import atomic_path, write_text
-from retinaseg.comparison import comparison_rows, figure, markdown, read_curve
+from retinaseg.atomic import atomic_path, write_json, write_text
+from retinaseg.comparison import comparison_rows, figure, froc_rows, markdown, read_curve
 
 METRICS, MODELS = Path("metrics"), Path("models")
 
@@ -16,8 +16,10 @@ def main(argv: list[str]) -> None:
     table = markdown(rows, real_data)
     write_text(METRICS / "comparison.md", table)
     curves = {variant: read_curve(METRICS / "train" / variant / "train_curve.tsv") for variant in variants}
+    froc = froc_rows(METRICS / "eval", variants)
+    write_json(METRICS / "froc.json", froc)
     with atomic_path(METRICS / "comparison.png") as tmp:
-        figure(rows, curves, tmp, real_data)
+        figure(rows, curves, froc, tmp, real_data)
     tracking.log_to_runs({row["run_id"]: MODELS / row["variant"] for row in rows},
                          [METRICS / "comparison.md", METRICS / "comparison.png"], artifact_path="comparison")
     print(table)

@@ -13,7 +13,8 @@ def main(argv: list[str]) -> None:
                             params=params.load().evaluate)
     for name in summary["lesion_classes"]:
         core = summary[name]["core"]
-        print(f"evaluate {variant} {name} against the core: Dice {core['micro']['f1']:.3f}, "
+        print(f"evaluate {variant} {name} against the core: CPM {core['froc']['cpm']:.3f} "
+              f"(sensitivity {core['froc']['sensitivity_at_1_fp']:.3f} at 1 FP/image), Dice {core['micro']['f1']:.3f}, "
               f"lesions found {core['lesion']['lesion_sensitivity']:.3f}, "
               f"FP components/image {core['lesion']['fp_components_per_image']:.2f}, "
               f"predicted {100 * core['predicted_fov_share']:.2f} % of the field of view "

@@ -13,7 +13,10 @@ ROW = {"variant": "binary", "init_from": "scratch", "class": "hemorrhages", "thr
        **{f"{s}_per_image": 0.3 for s in comparison.SCORES}, **{f"core_{s}": 0.5 for s in comparison.SCORES},
        "core_lesion_sensitivity": 0.7, "core_fp_components_per_image": 1.5,
        "core_optic_disc_components_per_image": None, "predicted_fov_share": 0.02, "reference_fov_share": 0.018,
-       "core_auc_pr": 0.45, "epochs": 3, "train_seconds": 12.0, "parameters": 1000}
+       "core_auc_pr": 0.45, "epochs": 3, "train_seconds": 12.0, "parameters": 1000,
+       "core_cpm": 0.25, "core_cpm_ci95": [0.2, 0.3], "core_sensitivity_at_1_fp": 0.4, "core_f1_ci95": [0.45, 0.55],
+       "core_found": 0.7, "core_fp": 1.5, "truth_cpm": None, "truth_cpm_ci95": None,
+       "truth_sensitivity_at_1_fp": None, "truth_found": None, "truth_fp": None}
 
 
 def test_published_bars_only_on_real_data():
@@ -27,7 +30,8 @@ def test_published_bars_only_on_real_data():
 def test_table_labels_the_published_row_with_its_data():
     synthetic = comparison.markdown([ROW], real_data=False)
     assert "**real** DIARETDB1" in synthetic and "not comparable" in synthetic and "Data: synthetic" in synthetic
-    assert "| binary | scratch | hemorrhages | 0.35 | 0.500 |" in synthetic
+    assert "| binary | scratch | hemorrhages | 0.350 | 0.250 [0.200, 0.300] | 0.400 | n/a | n/a | n/a | " \
+        "0.500 [0.450, 0.550] | 0.500 |" in synthetic
     assert "| 2.00 | 1.80 |" in synthetic  # predicted and core share of the field of view, in %
     assert "not comparable" not in comparison.markdown([ROW], real_data=True)
 
@@ -42,7 +46,7 @@ def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
     probabilities = core.astype(np.float32)
     probabilities[1, 1:3, 1:4] = 0.9  # 6 false-positive pixels beside 9 + 9 found
     task = Task("binary", {"hemorrhages": ("hemorrhages",)})
-    summary, _, _ = score(reference, probabilities, task, Scoring({"hemorrhages": 0.35}, "params", 1.0, 1, False, 11),
+    summary, _, _ = score(reference, probabilities, task, Scoring({"hemorrhages": 0.35}, "params", "fixed", None, 1.0, 1, False, 11),
                           "binary", 0.75)
     write_json(tmp_path / "metrics" / "binary" / "eval.json", summary)
     write_json(tmp_path / "models" / "binary" / "run.json",
@@ -53,5 +57,13 @@ def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
     assert row["core_precision"] == 18 / 24 and row["core_recall"] == 1.0 and row["core_f1"] == 36 / 42
     assert row["core_lesion_sensitivity"] == 1.0 and row["core_fp_components_per_image"] == 0.5
     assert row["target_f1"] == row["core_f1"] and row["predicted_fov_share"] == 24 / 512
-    assert "| binary | scratch | hemorrhages | 0.35 | 0.857 | 0.750 | 1.000 | 1.000 | 0.500 |" in \
-        comparison.markdown([row], real_data=False)
+    # At thresholds over 0.9 both lesions are found without the false alarm: sensitivity 1 at every rate.
+    assert row["core_cpm"] == 1.0 and row["core_sensitivity_at_1_fp"] == 1.0 and row["truth_cpm"] is None
+    assert "| binary | scratch | hemorrhages | 0.350 | 1.000 [1.000, 1.000] | 1.000 | n/a | n/a | n/a | 0.857 " \
+        in comparison.markdown([row], real_data=False)
+
+
+def test_rows_are_ranked_by_core_cpm_and_unscored_rows_go_last():
+    rows = [{"core_cpm": value} for value in (0.2, None, 0.5, math.nan)]
+    assert [row["core_cpm"] for row in sorted(rows, key=lambda row: -comparison._rank(row["core_cpm"]))][:2] == \
+        [0.5, 0.2]

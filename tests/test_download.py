@@ -554,6 +554,7 @@ def test_fetch_synthetic_generates_the_dataset_root(generated: Path, tmp_path: P
     _fetch("synthetic", out, tmp_path / "cache")
     assert _files(out) == _files(generated)
     assert DiaretDB1(out).root == out
+    assert DiaretDB1(out).read_simulated_truth()  # data/raw/simulated_truth.json, beside resources/
 
 
 def test_fetch_synthetic_takes_every_setting_from_the_data_block(tmp_path: Path) -> None:
@@ -568,7 +569,8 @@ def test_fetch_synthetic_takes_every_setting_from_the_data_block(tmp_path: Path)
 def test_fetch_from_a_zip_path_installs_the_root_itself(archive: Path, generated: Path, tmp_path: Path) -> None:
     out = tmp_path / "raw"
     _fetch(str(archive), out, tmp_path / "cache")
-    assert _files(out) == _files(generated)
+    assert _files(out) == _files(generated)  # the simulated truth included: the zip holds it too
+    assert (out / layout.SIMULATED_TRUTH).is_file()
     dataset = DiaretDB1(out)
     assert dataset.root == out and dataset.image_ids() == list(range(1, NUM + 1))
     assert dataset.read_image(NUM).shape == (SIZE[1], SIZE[0], 3)

@@ -1,7 +1,7 @@
 """score: prediction files scored against a prepared set, in memory, from a folder and on the command line."""
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 import subprocess
 import sys
 
@@ -22,7 +22,7 @@ TASKS = {task.name: task for task in (
     Task("binary", {"hemorrhages": ("hemorrhages",)}))}
 #: A lower core threshold than the pipeline's 0.75 keeps a few core pixels per class at 32 px.
 CORE_THRESHOLD = 0.5
-RULES = Scoring({"red": 0.4, "bright": 0.6}, "validation", 0.5, 2, True, 11)
+RULES = Scoring({"red": 0.4, "bright": 0.6}, "validation", "f_beta", None, 0.5, 2, True, 11)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_perfect_predictions_score_core_dice_1_without_false_positives(prepared,
     task = TASKS[name]
     core = reference(prepared, task)[f"core_{name}"]
     folder = write(tmp_path / name, prepared, core.astype(np.float32))
-    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", 1.0, 1, False, 101)
+    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, 1.0, 1, False, 101)
     summary, curves, predicted = score_folder(prepared, folder, task, scoring, name)
     np.testing.assert_array_equal(predicted[..., task.lesion_planes], core[..., task.lesion_planes].astype(bool))
     assert summary["variant"] == name and summary["core_threshold"] == CORE_THRESHOLD and summary["n_images"] == 3
@@ -73,7 +73,11 @@ def test_perfect_predictions_score_core_dice_1_without_false_positives(prepared,
         assert at_core["lesion"]["lesion_sensitivity"] == 1.0 and at_core["lesion"]["n_fp_components"] == 0
         assert at_core["pr"]["auc_pr"] == 1.0 and at_core["pr"]["best_f1"]["f1"] == 1.0
         assert all(entry[lesion]["core"]["fp"] == 0 for entry in summary["per_image"])
-        assert curves[lesion][-1] == {"threshold": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+        assert curves.pr[lesion][-1] == {"threshold": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+        # Perfect probabilities find every core lesion at every threshold without a false alarm: CPM 1.
+        assert at_core["froc"]["cpm"] == 1.0 and at_core["froc"]["sensitivity_at_fp"]["1/8"] == 1.0
+        assert at_core["bootstrap"]["cpm_ci95"] == [1.0, 1.0] and at_core["bootstrap"]["f1_ci95"] == [1.0, 1.0]
+        assert curves.froc[lesion][0]["n_fp_components"] == 0
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -86,7 +90,7 @@ def test_scoring_a_folder_equals_scoring_the_arrays_in_memory(prepared, tmp_path
     from_files = score_folder(prepared, folder, task, scoring, name)
     in_memory = score(reference(prepared, task), probabilities, task, scoring, name, CORE_THRESHOLD)
     assert json.dumps(from_files[0]) == json.dumps(in_memory[0])  # NaN-safe comparison
-    assert json.dumps(from_files[1]) == json.dumps(in_memory[1])
+    assert json.dumps(asdict(from_files[1])) == json.dumps(asdict(in_memory[1]))
     np.testing.assert_array_equal(from_files[2], in_memory[2])
     micro = from_files[0][task.lesion_names[0]]["core"]["micro"]
     assert micro["tp"] > 0 and micro["fp"] > 0  # the noise makes errors to count
@@ -121,7 +125,7 @@ def test_values_that_are_not_probabilities_are_one_line_errors(prepared, tmp_pat
     else:
         probabilities *= 255
     folder = write(tmp_path / "predictions", prepared, probabilities)
-    scoring = Scoring({"hemorrhages": 0.5}, "params", 1.0, 1, False, 101)
+    scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, 1.0, 1, False, 101)
     one_line_error(lambda: score_folder(prepared, folder, task, scoring, "binary"), "image004.npy",
                    "outside [0, 1]")
 
@@ -154,7 +158,7 @@ def test_command_with_a_threshold_scores_every_class_at_it(prepared, tmp_path):
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "eval.json").read_text())
     expected, _, _ = score(reference(prepared, task), probabilities, task,
-                           Scoring({"hemorrhages": 0.7}, "argument", 1.0, 1, False, 101), "mine", CORE_THRESHOLD)
+                           Scoring({"hemorrhages": 0.7}, "argument", "fixed", None, 1.0, 1, False, 101), "mine", CORE_THRESHOLD)
     assert written["variant"] == "mine" and written["threshold_source"] == "argument"
     assert written == json.loads(json.dumps(expected).replace("NaN", "null"))
 
@@ -176,3 +180,42 @@ def test_command_errors_are_one_line(prepared, tmp_path, problem):
     assert result.returncode == 1
     assert result.stderr.startswith(says) and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "eval.json").exists()
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory):
+    """Four realistic synthetic images with the simulator's truth, prepared at 64 px: train 1-2, test 3-4."""
+    root = tmp_path_factory.mktemp("truth")
+    generate(root / "raw", num_images=4, size=(300, 230), seed=0, style="realistic")
+    params = PrepareParams(threshold=0.1, core_threshold=CORE_THRESHOLD, image_size=64, crop_to_fundus=True,
+                           train_ids="1-2")
+    prepare_dataset(root / "raw", root / "prepared", tasks=[TASKS["binary"]], params=params, workers=1)
+    return root / "prepared" / "test"
+
+
+def test_with_the_simulated_truth_each_class_is_also_scored_against_the_drawn_lesions(realistic, tmp_path):
+    task = TASKS["binary"]
+    drawn = json.loads((realistic / "truth.json").read_text())
+    haemorrhages = sum(lesion["type"] == "hemorrhages" for lesions in drawn["images"].values() for lesion in lesions)
+    everywhere = np.ones((2, 64, 64, 1), np.float32)  # one component over the whole field of view
+    folder = write_predictions(tmp_path / "all", [3, 4], everywhere) or tmp_path / "all"
+    scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, 1.0, 1, False, 11)
+    summary, curves, _ = score_folder(realistic, folder, Task("binary", {"hemorrhages": ()}), scoring, "all")
+    at_truth = summary["hemorrhages"]["truth"]
+    assert at_truth["lesion"]["n_reference_lesions"] == haemorrhages > 0
+    assert at_truth["lesion"]["lesion_sensitivity"] == 1.0 and at_truth["lesion"]["n_fp_components"] == 0
+    assert set(at_truth["froc"]["by_kind"]) <= {"dot_blot_haemorrhage", "flame_haemorrhage"}
+    assert sum(group["n_lesions"] for group in at_truth["froc"]["by_annotators"].values()) == haemorrhages
+    assert curves.froc_truth["hemorrhages"][0]["predicted_fov_share"] == 1.0
+    nothing = write_predictions(tmp_path / "none", [3, 4], np.zeros_like(everywhere)) or tmp_path / "none"
+    summary, _, _ = score_folder(realistic, nothing, task, scoring, "none")
+    assert summary["hemorrhages"]["truth"]["froc"]["cpm"] == 0.0
+    assert summary["hemorrhages"]["truth"]["lesion"]["lesion_sensitivity"] == 0.0
+
+
+def test_without_a_truth_file_nothing_is_scored_against_it(prepared, tmp_path):
+    task = TASKS["binary"]
+    folder = write(tmp_path / "p", prepared, noisy(prepared, task))
+    summary, curves, _ = score_folder(prepared, folder, task,
+                                      Scoring({"hemorrhages": 0.5}, "params", "fixed", None, 1.0, 1, False, 11), "p")
+    assert "truth" not in summary["hemorrhages"] and curves.froc_truth == {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import typing
 import zipfile
@@ -16,6 +18,7 @@ from retinaseg.calibration import region_contrast
 from retinaseg.dataset import DiaretDB1
 from retinaseg.params import DataParams
 from retinaseg.synthetic import STYLES, build_archive, generate
+from retinaseg.synthetic_fundus import Canvas
 
 NUM = 8
 SIZE = (150, 115)
@@ -66,8 +69,11 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(root: Path, styl
     assert all(other[name] != reference[name] for name in images)
 
 
-def test_layout_is_complete(root: Path) -> None:
+def test_layout_is_complete(root: Path, style: str) -> None:
+    """The official files, plus the simulated truth beside resources/ in the style that has one."""
     expected = {str(layout.FUNDUS_MASK), str(layout.TRAIN_LIST), str(layout.TEST_LIST)}
+    if style == "realistic":
+        expected.add(str(layout.SIMULATED_TRUTH))
     for image_id in range(1, NUM + 1):
         expected.add(str(layout.image_path(image_id)))
         expected.update(str(layout.groundtruth_path(lesion, image_id)) for lesion in layout.LESION_TYPES)
@@ -229,3 +235,95 @@ def test_the_loader_accepts_everything_the_generator_writes(root: Path) -> None:
             level_map = dataset.read_groundtruth(lesion, image_id)
             assert level_map.dtype == np.uint8 and level_map.shape == fov.shape
             assert np.all(level_map % layout.CONFIDENCE_STEP == 0), f"{lesion} of image {image_id}"
+
+
+# --- the simulated truth of the realistic style --------------------------------------------
+
+#: sha256 of image + maps (in LESION_TYPES order) of realistic images 1..3, seed 0, on a 300x230
+#: canvas, computed with the code before the sampler returned its lesions (commit cadaa87): keeping
+#: the lesions must not change a single random draw. A new NumPy or Pillow may change them too.
+UNCHANGED = {
+    1: "eaef313ce7b36150f54030d8657918ffaaf4cadaa6bf06427ae4659a7dbf513b",
+    2: "64d51b78e186f5c6dc95b5e7d7f696e53450f1b3e64bc39abbfc492e5a623190",
+    3: "591bd381c1617c65695a4c4d64933537c4cb2f24a924d78e2e537e8b1493399d",
+}
+TRUTH_CANVAS = (300, 230)
+LESION_KEYS = {"type", "kind", "x", "y", "major", "minor", "angle", "annotators"}
+CLINICAL = {"hardexudates": {"hard_exudate"}, "softexudates": {"cotton_wool_spot"},
+            "hemorrhages": {"flame_haemorrhage", "dot_blot_haemorrhage"}, "redsmalldots": {"microaneurysm"}}
+
+
+@pytest.fixture(scope="module")
+def drawn() -> dict[int, tuple]:
+    """(image, maps, lesions) of the realistic images 1..3 of seed 0."""
+    canvas = Canvas.create(*TRUTH_CANVAS)
+    return {i: STYLES["realistic"](canvas, np.random.default_rng([0, i])) for i in UNCHANGED}
+
+
+@pytest.fixture(scope="module")
+def lesions(drawn: dict[int, tuple]) -> list[tuple[dict, dict[str, np.ndarray]]]:
+    """Every lesion drawn, with the maps of its image."""
+    return [(lesion, maps) for _, maps, truth in drawn.values() for lesion in truth]
+
+
+def test_returning_the_lesions_leaves_images_and_maps_byte_identical(drawn: dict[int, tuple]) -> None:
+    for image_id, (image, maps, _) in drawn.items():
+        digest = hashlib.sha256(image.tobytes())
+        for lesion in layout.LESION_TYPES:
+            digest.update(maps[lesion].tobytes())
+        assert digest.hexdigest() == UNCHANGED[image_id], f"image {image_id}"
+
+
+def test_every_lesion_has_its_type_kind_shape_and_annotators(lesions: list) -> None:
+    width, height = TRUTH_CANVAS
+    for lesion, _ in lesions:
+        assert set(lesion) == LESION_KEYS
+        assert lesion["kind"] in CLINICAL[lesion["type"]]
+        assert 0 <= lesion["x"] < width and 0 <= lesion["y"] < height
+        assert lesion["major"] >= lesion["minor"] > 0 and abs(lesion["angle"]) < 10
+        assert type(lesion["annotators"]) is int and 0 <= lesion["annotators"] <= 4
+        assert all(round(lesion[key], 2) == lesion[key] for key in ("x", "y", "major", "minor", "angle"))
+    assert {lesion["type"] for lesion, _ in lesions} == set(layout.LESION_TYPES)
+    assert {lesion["annotators"] for lesion, _ in lesions} == {0, 1, 2, 3, 4}
+    json.dumps([lesion for lesion, _ in lesions])  # JSON-ready as it is
+
+
+def test_flames_are_the_elongated_haemorrhages(lesions: list) -> None:
+    """Flames are stretched 2.5..7 times, other lesions at most 1.4 times (see _place)."""
+    haemorrhages = [lesion for lesion, _ in lesions if lesion["type"] == "hemorrhages"]
+    flames = [lesion for lesion in haemorrhages if lesion["kind"] == "flame_haemorrhage"]
+    assert 0 < len(flames) < len(haemorrhages)
+    for lesion, _ in lesions:
+        elongation = lesion["major"] / lesion["minor"]
+        assert elongation > 2.4 if lesion["kind"] == "flame_haemorrhage" else elongation < 1.45, lesion
+
+
+def test_the_maps_mark_a_lesion_centre_as_often_as_its_annotators_noticed_it(lesions: list) -> None:
+    """Each annotator who noticed a lesion adds at least one level at its centre, pixel (floor(y), floor(x)).
+
+    Not always: a mark is drawn slightly off its group's centre and may miss a lesion at its edge,
+    and a missed lesion may lie in a neighbour's mark.
+    """
+    levels = [(int(maps[lesion["type"]][math.floor(lesion["y"]), math.floor(lesion["x"])]) // 21,
+               lesion["annotators"]) for lesion, maps in lesions]
+    noticed = [level for level, annotators in levels if annotators > 0]
+    missed = [level for level, annotators in levels if annotators == 0]
+    assert np.mean([level >= annotators for level, annotators in levels]) > 0.95
+    assert np.mean([level > 0 for level in noticed]) > 0.95
+    assert len(missed) > 10 and np.mean([level == 0 for level in missed]) > 0.8
+
+
+def test_generate_writes_the_lesions_of_every_image_beside_resources(root: Path, style: str) -> None:
+    path = root / layout.SIMULATED_TRUTH
+    if style == "easy":  # its marks follow the lesions: the maps are all the truth there is
+        assert STYLES["easy"](Canvas.create(*SIZE), np.random.default_rng([0, 1]))[2] is None
+        assert not path.exists()
+        return
+    truth = json.loads(path.read_text())
+    assert set(truth) == {"style", "source_size", "images"}
+    assert truth["style"] == "realistic" and truth["source_size"] == list(SIZE)
+    assert list(truth["images"]) == [str(i) for i in range(1, NUM + 1)]
+    canvas = Canvas.create(*SIZE)
+    for image_id in (1, NUM):
+        assert truth["images"][str(image_id)] == STYLES[style](canvas, np.random.default_rng([0, image_id]))[2]
+    assert DiaretDB1(root).read_simulated_truth() == truth["images"]

@@ -27,6 +27,11 @@ LESION_RULES = {
     "false_positive_component": "an 8-connected predicted component that touches no reference pixel of the class",
     "optic_disc_component": "a predicted component touching the optic disc, located in each image as its "
                             "brightest large region",
+    "froc": "the class's probability is thresholded at every value of a grid and cleaned as above; the sensitivity "
+            "at a rate is the highest lesion sensitivity of any threshold with at most that many false-positive "
+            "components per image; the CPM is its mean over 1/8, 1/4, 1/2, 1, 2, 4 and 8",
+    "truth": "on synthetic data, the lesions the generator drew (before its simulated annotators marked or missed "
+             "them); one is found when a kept component touches a pixel of its ellipse or the pixel of its centre",
     "image": "an image is positive for a class when its reference has any lesion pixel, and predicted "
              "positive when the prediction has a component",
     "empty": "scores with a zero denominator (e.g. Dice with empty reference and prediction) are null and "
@@ -54,29 +59,59 @@ def comparison_rows(metrics_dir: Path, models_dir: Path, variants: list[str]) ->
                          **{f"core_{s}": core["lesion"].get(s) for s in CORE_LESION_SCORES},
                          "predicted_fov_share": core["predicted_fov_share"],
                          "reference_fov_share": core["reference_fov_share"], "core_auc_pr": core["pr"]["auc_pr"],
+                         **_detection("core", core), **_detection("truth", scores.get("truth")),
                          "train_seconds": run["train_seconds"], "epochs": run["epochs"],
                          "parameters": run["parameters"], "mixed_precision": run["mixed_precision"],
                          "run_id": run["run_id"]})
-    return rows
+    return sorted(rows, key=lambda row: -_rank(row["core_cpm"]))
+
+
+def _rank(value: float | None) -> float:
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+def _detection(reference: str, scores: dict | None) -> dict[str, Any]:
+    """CPM with its 95 % interval, sensitivity at 1 FP per image, and the operating point, against one reference."""
+    if scores is None:
+        return {f"{reference}_{key}": None for key in ("cpm", "cpm_ci95", "sensitivity_at_1_fp", "found", "fp")}
+    return {f"{reference}_cpm": scores["froc"]["cpm"], f"{reference}_cpm_ci95": scores["bootstrap"]["cpm_ci95"],
+            f"{reference}_sensitivity_at_1_fp": scores["froc"]["sensitivity_at_1_fp"],
+            f"{reference}_found": scores["lesion"]["lesion_sensitivity"],
+            f"{reference}_fp": scores["lesion"]["fp_components_per_image"],
+            **({"core_f1_ci95": scores["bootstrap"]["f1_ci95"]} if reference == "core" else {})}
+
+
+def _with_interval(value: float | None, bounds: list | None) -> str:
+    if value is None or bounds is None or None in bounds:
+        return _cell(value)
+    return f"{_cell(value)} [{_cell(bounds[0])}, {_cell(bounds[1])}]"
 
 
 def markdown(rows: list[dict[str, Any]], real_data: bool) -> str:
     """The comparison table; the published tutorial row is labelled with the data it was measured on."""
-    header = ("| variant | init | class | threshold | core Dice | core precision | core recall | "
+    header = ("| variant | init | class | threshold | core CPM [95 % CI] | core sensitivity at 1 FP / image | "
+              "truth CPM [95 % CI] | truth lesions found | truth FP / image | "
+              "core Dice [95 % CI] | core precision | core recall | "
               "core lesions found | FP components / image | optic-disc components / image | "
               "predicted % of FOV | core % of FOV | core AUC-PR | target Dice | per-image F1 | per-image IoU | "
               "per-image precision | per-image recall | epochs | train s | parameters |")
     columns = header.count("|") - 1
     data = "real DIARETDB1" if real_data else "synthetic DIARETDB1-like data (data.source: synthetic)"
     lines = ["# Test-split comparison", "", f"Data: {data}.", "",
+             "Rows are ranked by the core CPM: the mean lesion sensitivity at 1/8 ... 8 false positives per image "
+             "(FROC). Intervals are 95 % bootstrap intervals over test images: a difference smaller than them is a "
+             "tie. Truth columns score against the lesions the synthetic generator drew (n/a on real data). "
              "Core columns score against the lesion core and count lesions there; target Dice scores against "
              "the training target. Pooled scores count every test pixel once; per-image scores (against the "
              "target) are the mean over test images with undefined values counted as 0, the way the tutorial "
              "reported them. The rules are below the table.", "",
              header, "|" + "---|" * columns]
     for row in rows:
-        cells = [row["variant"], row["init_from"], row["class"], _cell(row["threshold"], 2),
-                 *(_cell(row[f"core_{s}"]) for s in ("f1", "precision", "recall")),
+        cells = [row["variant"], row["init_from"], row["class"], _cell(row["threshold"], 3),
+                 _with_interval(row["core_cpm"], row["core_cpm_ci95"]), _cell(row["core_sensitivity_at_1_fp"]),
+                 _with_interval(row["truth_cpm"], row["truth_cpm_ci95"]), _cell(row["truth_found"]),
+                 _cell(row["truth_fp"], 2), _with_interval(row["core_f1"], row["core_f1_ci95"]),
+                 *(_cell(row[f"core_{s}"]) for s in ("precision", "recall")),
                  *(_cell(row[f"core_{s}"]) for s in CORE_LESION_SCORES),
                  _cell(100 * row["predicted_fov_share"], 2), _cell(100 * row["reference_fov_share"], 2),
                  _cell(row["core_auc_pr"]), _cell(row["target_f1"]),
@@ -84,7 +119,7 @@ def markdown(rows: list[dict[str, Any]], real_data: bool) -> str:
                  str(row["epochs"]), f"{row['train_seconds']:.0f}", f"{row['parameters']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     published = ["published tutorial (**real** DIARETDB1, images 28-89, threshold 0.1 target)", "scratch",
-                 "hemorrhages", *(["n/a"] * 11), *(_cell(PUBLISHED_TUTORIAL[s]) for s in SCORES)]
+                 "hemorrhages", *(["n/a"] * 16), *(_cell(PUBLISHED_TUTORIAL[s]) for s in SCORES)]
     lines.append("| " + " | ".join(published + ["n/a"] * (columns - len(published))) + " |")
     if not real_data:
         lines += ["", "The published row was measured on real images; these runs used synthetic data, so the "
@@ -97,6 +132,19 @@ def markdown(rows: list[dict[str, Any]], real_data: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def froc_rows(metrics_dir: Path, variants: list[str]) -> list[dict[str, Any]]:
+    """Every model's FROC curves (``metrics/eval/<variant>/froc/<class>_<reference>.json``) as one table.
+
+    Each row names its curve ("binary hemorrhages core"), so that one chart draws them all.
+    """
+    rows = []
+    for variant in variants:
+        for path in sorted((metrics_dir / variant / "froc").glob("*.json")):
+            name, _, reference = path.stem.rpartition("_")
+            rows += [{"curve": f"{variant} {name} {reference}", **point} for point in json.loads(path.read_text())]
+    return rows
+
+
 def read_curve(path: Path) -> dict[str, list[float]]:
     """Columns of a Keras CSVLogger file (tab-separated) as float lists."""
     with path.open(newline="") as handle:
@@ -105,7 +153,7 @@ def read_curve(path: Path) -> dict[str, list[float]]:
 
 
 #: Bars of the comparison figure: key of a comparison row and its label.
-BAR_SCORES = {"core_f1": "core Dice", "core_precision": "core precision", "core_recall": "core recall",
+BAR_SCORES = {"core_cpm": "core CPM", "truth_cpm": "truth CPM", "core_f1": "core Dice",
               "core_lesion_sensitivity": "core lesions found"}
 
 
@@ -120,9 +168,9 @@ def bar_groups(rows: list[dict[str, Any]], real_data: bool) -> tuple[list[str], 
     return labels, values
 
 
-def figure(rows: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]], path: Path,
-           real_data: bool) -> None:
-    """Core scores per variant and class beside the validation-Dice curves, saved as a PNG.
+def figure(rows: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]], froc: list[dict[str, Any]],
+           path: Path, real_data: bool) -> None:
+    """Scores per variant and class ranked by core CPM, the FROC curves and the validation-Dice curves, as a PNG.
 
     The published tutorial bars are drawn only for real data: scores on different data must
     not share an axis.
@@ -135,14 +183,15 @@ def figure(rows: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]]
 
     labels, values = bar_groups(rows, real_data)
     shown = BAR_SCORES
-    fig, (bars, lines) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (bars, detection, lines) = plt.subplots(1, 3, figsize=(20, 5), gridspec_kw={"width_ratios": [3, 2, 2]})
     width = 0.8 / len(shown)
     for index, (key, label) in enumerate(shown.items()):
         bars.bar(np.arange(len(labels)) + (index - (len(shown) - 1) / 2) * width, values[key], width, label=label)
     bars.set_xticks(np.arange(len(labels)), labels, fontsize=8)
     bars.set_ylim(0, 1)
-    bars.set_title(f"Test split against the lesion core ({'real' if real_data else 'synthetic'} data)")
+    bars.set_title(f"Test split, ranked by core CPM ({'real' if real_data else 'synthetic'} data)")
     bars.legend(fontsize=8, ncols=len(shown), loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    _froc_panel(detection, froc)
     for variant, curve in curves.items():
         if curve:  # validation Dice where a validation split exists, else training Dice
             key = "val_dice" if "val_dice" in curve else "dice"
@@ -155,3 +204,22 @@ def figure(rows: list[dict[str, Any]], curves: dict[str, dict[str, list[float]]]
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _froc_panel(axes, froc: list[dict[str, Any]]) -> None:
+    """Lesion sensitivity against false positives per image (log axis), one line per model, class and reference."""
+    names = list(dict.fromkeys(row["curve"] for row in froc))
+    for name in names:
+        points = sorted((row["fp_per_image"], row["sensitivity"]) for row in froc
+                        if row["curve"] == name and row["fp_per_image"] > 0)
+        if points:
+            axes.plot(*zip(*points), marker=".", linestyle=":" if name.endswith("truth") else "-", label=name)
+    axes.set_xscale("log", base=2)
+    axes.set_xlim(1 / 16, 64)
+    axes.set_ylim(0, 1)
+    for rate in (1 / 8, 8):
+        axes.axvline(rate, color="grey", linewidth=0.5)
+    axes.set_xlabel("false-positive components per image (CPM reads 1/8 ... 8)")
+    axes.set_ylabel("lesion sensitivity")
+    axes.set_title("FROC")
+    axes.legend(fontsize=7)

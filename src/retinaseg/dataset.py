@@ -6,9 +6,11 @@ PipelineError naming the file, instead of a shape error deep inside training.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,6 +21,10 @@ from retinaseg.errors import PipelineError
 _IMAGE_ID = re.compile(r"image(\d{3})")
 _IMAGE_FILE = re.compile(r"image(\d{3})\.png")
 _RESTORE = "restore it from the official archive or rerun the fetch stage"
+_REGENERATE = "rerun the fetch stage to generate it again (a real DIARETDB1 has no such file)"
+#: What every lesion of the simulated truth has (see ``synthetic_realistic``); the rest are numbers.
+_LESION_NAMES = ("type", "kind")
+_LESION_NUMBERS = ("x", "y", "major", "minor", "angle", "annotators")
 
 
 def find_dataset_root(path: Path) -> Path:
@@ -79,6 +85,25 @@ class DiaretDB1:
         """The circular field of view as bool HxW."""
         return _load(self.root / layout.FUNDUS_MASK, ("L", "1")) > 0
 
+    def read_simulated_truth(self) -> dict[str, list[dict[str, Any]]] | None:
+        """The lesions a synthetic generator drew, by image id (a string); None if there is no such file.
+
+        A real dataset has none. The file is checked now against the images and the mask size,
+        so a damaged one stops prepare rather than the scoring that reads it stages later.
+        """
+        path = self.root / layout.SIMULATED_TRUTH
+        if not path.exists():
+            return None
+        try:
+            truth = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+            raise PipelineError(f"{path}: unreadable simulated truth ({' '.join(str(err).split())}); "
+                                f"{_REGENERATE}") from err
+        problem = _truth_problem(truth, [self._shape[1], self._shape[0]], self.image_ids())
+        if problem:
+            raise PipelineError(f"{path}: {problem}; {_REGENERATE}")
+        return truth["images"]
+
     def official_split(self) -> dict[str, list[int]]:
         """Image ids of the official train and test lists, each checked against the image files."""
         available = set(self.image_ids())
@@ -113,6 +138,27 @@ class DiaretDB1:
                 f"{path}: size {width}x{height}, expected {expected} like {layout.FUNDUS_MASK}; {_RESTORE}"
             )
         return array
+
+
+def _truth_problem(truth: Any, size: list[int], ids: list[int]) -> str | None:
+    """What is wrong with a parsed simulated truth (``synthetic.generate`` writes it), or None."""
+    if not isinstance(truth, dict) or not isinstance(truth.get("images"), dict):
+        return "expected a JSON object with source_size and images"
+    if truth.get("source_size") != size:
+        return f"source_size {truth.get('source_size')} differs from the {size[0]}x{size[1]} of {layout.FUNDUS_MASK}"
+    missing = [layout.image_name(i) for i in ids if str(i) not in truth["images"]]
+    if missing:
+        return f"no lesion list for {', '.join(missing)}"
+    for image_id, lesions in truth["images"].items():
+        if not isinstance(lesions, list) or not all(_is_lesion(lesion) for lesion in lesions):
+            fields = ", ".join(_LESION_NAMES + _LESION_NUMBERS)
+            return f"image {image_id}: expected a list of lesions, each an object with {fields}"
+    return None
+
+
+def _is_lesion(lesion: Any) -> bool:
+    return (isinstance(lesion, dict) and all(isinstance(lesion.get(key), str) for key in _LESION_NAMES)
+            and all(type(lesion.get(key)) in (int, float) for key in _LESION_NUMBERS))
 
 
 def _load(path: Path, modes: tuple[str, ...]) -> np.ndarray:

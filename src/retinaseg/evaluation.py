@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from retinaseg import anatomy, postprocess, registry, tracking
+from retinaseg import anatomy, froc, postprocess, registry, tracking
 from retinaseg.arrays import load_set
 from retinaseg.atomic import atomic_path, write_json
 from retinaseg.params import EvaluateParams
-from retinaseg.score import Scoring, score_folder, write_predictions
+from retinaseg.score import Curves, Scoring, score_folder, write_predictions
 from retinaseg.tasks import Task
 from retinaseg.trained import TrainedModel, load_trained
 
@@ -53,9 +53,11 @@ def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, ta
 def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: EvaluateParams) -> tuple[list[float], str]:
     """Per-class probability thresholds and where they come from (validation images or params).
 
-    ``auto`` picks, per class, the threshold with the best F-beta (``evaluate.threshold_beta``)
-    against the lesion core on the training run's held-out validation images, after the same
-    cleaning as the test images.
+    ``auto`` chooses, per class, on the training run's held-out validation images against
+    their lesion core, after the same cleaning as the test images: with ``operating_point``
+    ``fp_per_image`` the threshold that finds the most core lesions with at most
+    ``target_fp_per_image`` false-positive components per image (``froc``), with ``f_beta``
+    the best pixel F-beta (``threshold_beta``).
     """
     task, variant = trained.task, trained.run.get("variant", trained.source)
     if params.threshold != "auto":
@@ -66,13 +68,21 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
         return [0.5] * len(task.lesion_names), "default"
     train = load_set(prepared_dir / "train", task.name, core=True)
     rows = np.isin(train["ids"], val_ids)
-    images, fov = train["images"][rows], train["fov"]
+    images, fov, core = train["images"][rows], train["fov"], train[f"core_{task.name}"][rows].astype(bool)
     discs = ([anatomy.optic_disc_mask(image, fov) for image in images] if params.drop_on_optic_disc
              else [None] * len(images))
-    chosen = postprocess.choose_thresholds(predict(trained.model, images), train[f"core_{task.name}"][rows].astype(bool),
-                                           fov, params.min_component_px, discs, params.threshold_beta)
-    print(f"evaluate {variant}: thresholds chosen on {rows.sum()} validation images: "
-          + ", ".join(f"{name} {value:.2f}" for name, value in zip(task.lesion_names, chosen)))
+    probabilities = predict(trained.model, images)
+    if params.operating_point == "f_beta":
+        chosen = postprocess.choose_thresholds(probabilities, core, fov, params.min_component_px, discs,
+                                               params.threshold_beta)
+        rule = f"best pixel F{params.threshold_beta:g}"
+    else:
+        chosen = [froc.threshold_at_rate(probabilities[..., plane], core[..., plane], fov, discs,
+                                         params.min_component_px, params.target_fp_per_image)
+                  for plane in task.lesion_planes]
+        rule = f"most core lesions with at most {params.target_fp_per_image:g} false positives per image"
+    print(f"evaluate {variant}: thresholds chosen on {rows.sum()} validation images ({rule}): "
+          + ", ".join(f"{name} {value:.3f}" for name, value in zip(task.lesion_names, chosen)))
     return chosen, "validation"
 
 
@@ -89,8 +99,9 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, predicti
     run_id, task = trained.require("run_id"), trained.task
     tracking.require_run(run_id, model_dir)  # first: a store that cannot be used stops the stage before any work
     thresholds, source = choose_thresholds(trained, prepared_dir, params)
-    scoring = Scoring(dict(zip(task.lesion_names, thresholds)), source, params.threshold_beta,
-                      params.min_component_px, params.drop_on_optic_disc, params.pr_thresholds)
+    scoring = Scoring(dict(zip(task.lesion_names, thresholds)), source, params.operating_point,
+                      params.target_fp_per_image, params.threshold_beta, params.min_component_px,
+                      params.drop_on_optic_disc, params.pr_thresholds)
     test = load_set(prepared_dir / "test", task.name, core=True)
     write_predictions(predictions_dir, test["ids"].tolist(), predict(trained.model, test["images"]))
     summary, curves, predicted = score_folder(prepared_dir / "test", predictions_dir, task, scoring, variant)
@@ -100,13 +111,17 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, predicti
     return summary
 
 
-def _write_outputs(out_dir: Path, summary: dict, curves: dict, images: np.ndarray, reference: np.ndarray,
+def _write_outputs(out_dir: Path, summary: dict, curves: Curves, images: np.ndarray, reference: np.ndarray,
                    predicted: np.ndarray, task: Task, variant: str) -> None:
-    """PR curves, overlays of ``images`` (the first test images, against the core) and eval.json, each atomic."""
+    """PR and FROC curves, overlays of ``images`` (the first test images, against the core) and eval.json, each atomic."""
     ids = [entry["id"] for entry in summary["per_image"]]
     with atomic_path(out_dir / "pr_curves", is_dir=True) as tmp:
-        for name, rows in curves.items():
+        for name, rows in curves.pr.items():
             write_json(tmp / f"{name}.json", rows)
+    with atomic_path(out_dir / "froc", is_dir=True) as tmp:
+        for reference, by_class in (("core", curves.froc), ("truth", curves.froc_truth)):
+            for name, rows in by_class.items():
+                write_json(tmp / f"{name}_{reference}.json", rows)
     with atomic_path(out_dir / "overlays", is_dir=True) as tmp:
         for row in range(len(images)):
             picture = overlay(images[row], reference[row], predicted[row], task,
@@ -125,6 +140,7 @@ def _log(run_id: str, out_dir: Path, summary: dict, params: EvaluateParams, task
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out_dir / "eval.json"), artifact_path="evaluation")
         mlflow.log_artifacts(str(out_dir / "pr_curves"), artifact_path="evaluation/pr_curves")
+        mlflow.log_artifacts(str(out_dir / "froc"), artifact_path="evaluation/froc")
         mlflow.log_artifacts(str(out_dir / "overlays"), artifact_path="evaluation/overlays")
     score = registry.champion_score(metrics, summary["lesion_classes"])
     version, champion = registry.register(run_id, task.name, variant, score)
@@ -141,8 +157,12 @@ def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
         groups = {"test_{name}_{score}": {**scores["micro"], **scores["lesion"]},
                   "test_{name}_{score}_per_image": scores["per_image_mean"],
                   "test_{name}_core_{score}": {**scores["core"]["micro"], **scores["core"]["lesion"],
-                            "auc_pr": scores["core"]["pr"]["auc_pr"],
+                            "auc_pr": scores["core"]["pr"]["auc_pr"], **_detection(scores["core"]["froc"]),
                             **{key: scores["core"][key] for key in ("predicted_fov_share", "area_ratio")}}}
+        if "truth" in scores:
+            groups["test_{name}_truth_{score}"] = {**_detection(scores["truth"]["froc"]),
+                                                   **{key: scores["truth"]["lesion"][key] for key in
+                                                      ("lesion_sensitivity", "fp_components_per_image")}}
         for pattern, values in groups.items():
             for score, value in values.items():
                 if isinstance(value, float) and not np.isnan(value):
@@ -151,3 +171,8 @@ def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
         if isinstance(value, float) and not np.isnan(value):
             flat[f"test_macro_{score}"] = value
     return flat
+
+
+def _detection(summary: dict[str, Any]) -> dict[str, float]:
+    """The FROC figures MLflow gets: the CPM and the sensitivity at 1 and 2 false positives per image."""
+    return {key: summary[key] for key in ("cpm", "sensitivity_at_1_fp", "sensitivity_at_2_fp")}

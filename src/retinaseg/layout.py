@@ -20,6 +20,8 @@ GROUNDTRUTH_DIR = RESOURCES / "images" / "ddb1_groundtruth"
 FUNDUS_MASK = RESOURCES / "images" / "ddb1_fundusmask" / "fmask.tif"
 TRAIN_LIST = RESOURCES / "traindatasets" / "trainset.txt"
 TEST_LIST = RESOURCES / "testdatasets" / "testset.txt"
+#: The lesions a synthetic generator drew, beside the official layout (a real DIARETDB1 has no such file).
+SIMULATED_TRUTH = PurePosixPath("simulated_truth.json")
 
 #: Name of the official archive and the folder it unpacks to.
 ARCHIVE_NAME = "diaretdb1_v_1_1.zip"

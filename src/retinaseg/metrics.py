@@ -132,7 +132,7 @@ def summarize(
 
 _CURVE_SCORES = ("precision", "recall", "f1")
 #: 8-connectivity: diagonal neighbours belong to one lesion, as a grader tracing it would see it.
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def _check_plane(name: str, plane: np.ndarray) -> None:
@@ -145,7 +145,7 @@ def kept_components(prediction: np.ndarray, min_component_px: int) -> tuple[np.n
 
     Label 0 (background) is never kept.
     """
-    labels, count = ndimage.label(prediction, structure=_EIGHT_CONNECTED)
+    labels, count = ndimage.label(prediction, structure=EIGHT_CONNECTED)
     kept = np.bincount(labels.ravel(), minlength=count + 1) >= min_component_px
     kept[0] = False
     return labels, kept
@@ -167,7 +167,7 @@ def lesion_counts(reference: np.ndarray, prediction: np.ndarray, min_component_p
     _check_plane("prediction", prediction)
     if reference.shape != prediction.shape:
         raise ValueError(f"planes differ in shape: {reference.shape} and {prediction.shape}")
-    reference_labels, reference_lesions = ndimage.label(reference, structure=_EIGHT_CONNECTED)
+    reference_labels, reference_lesions = ndimage.label(reference, structure=EIGHT_CONNECTED)
     prediction_labels, kept = kept_components(prediction, min_component_px)
     kept_mask = kept[prediction_labels]
     found = np.unique(reference_labels[kept_mask])

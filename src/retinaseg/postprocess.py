@@ -80,16 +80,26 @@ def clean(masks: np.ndarray, fov: np.ndarray, min_component_px: int,
     cleaned = masks.copy()
     lesion = lesion_planes(masks.shape[-1])
     for plane in lesion:
-        labels, keep = metrics.kept_components(masks[..., plane] & fov, min_component_px)
-        count = len(keep) - 1
-        if disc is not None and count:
-            centres = ndimage.center_of_mass(np.ones_like(labels), labels, range(1, count + 1))
-            on_disc = [disc[int(round(r)), int(round(c))] for r, c in centres]
-            keep[1:] &= ~np.asarray(on_disc, dtype=bool)
+        labels, keep = kept_labels(masks[..., plane], fov, min_component_px, disc)
         cleaned[..., plane] = keep[labels]
     if lesion != [0]:
         cleaned[..., 0] = ~cleaned[..., 1:].any(axis=-1)
     return cleaned
+
+
+def kept_labels(mask: np.ndarray, fov: np.ndarray, min_component_px: int,
+                disc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected labels of one plane [H,W] inside the field of view, and which labels the cleaning keeps.
+
+    The rule of ``clean``: big enough, and, given ``disc``, not centred on the optic disc.
+    """
+    labels, keep = metrics.kept_components(mask & fov, min_component_px)
+    count = len(keep) - 1
+    if disc is not None and count:
+        centres = ndimage.center_of_mass(np.ones_like(labels), labels, range(1, count + 1))
+        rows, cols = np.rint(np.asarray(centres)).astype(int).T
+        keep[1:] &= ~disc[rows, cols]
+    return labels, keep
 
 
 def f_beta(tp: int, fp: int, fn: int, beta: float) -> float:

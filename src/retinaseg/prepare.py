@@ -71,7 +71,9 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Sequence[Task], params:
     Besides the training target (``masks_<task>.npy``, lesion at ``params.threshold``), each set
     holds the lesion core (``core_<task>.npy``, at ``params.core_threshold``) that evaluation
     scores against, the soft target (``confidence_<task>.npy``, uint8 summed confidence)
-    and the resized field of view (``fov.npy``, bool [S,S]).
+    and the resized field of view (``fov.npy``, bool [S,S]). A synthetic dataset that knows
+    its lesions (``layout.SIMULATED_TRUTH``) also gets them in ``truth.json`` (see ``_split_truth``);
+    the manifest's ``simulated_truth`` says whether it did.
 
     Images are decoded in parallel processes and streamed into memory-mapped ``.npy``
     files, so memory holds one image per worker, not the dataset.
@@ -82,11 +84,14 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Sequence[Task], params:
     box = fundus_box(fov) if params.crop_to_fundus else (0, 0, fov.shape[1], fov.shape[0])
     size = params.image_size
     load = partial(load_sample, root=root, box=box, size=size, thresholds=(params.threshold, params.core_threshold))
+    truth = dataset.read_simulated_truth()
     manifest: dict[str, Any] = {
         "source_size": [int(fov.shape[1]), int(fov.shape[0])], "crop_to_fundus": params.crop_to_fundus,
         "crop_box": list(box), "image_size": size, "threshold": params.threshold,
-        "core_threshold": params.core_threshold, "split": split,
-        "tasks": {task.name: {"classes": task.plane_names, "pixels": {}, "core_pixels": {}} for task in tasks},
+        "core_threshold": params.core_threshold, "split": split, "simulated_truth": truth is not None,
+        "tasks": {task.name: {"classes": task.plane_names,
+                              "lesion_types": {name: list(types) for name, types in task.classes.items()},
+                              "pixels": {}, "core_pixels": {}} for task in tasks},
     }
     fov_resized = _area_resize(fov, box, size)
     workers = workers or os.cpu_count() or 1
@@ -98,6 +103,8 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Sequence[Task], params:
                 _store(arrays, row, sample, tasks)
             np.save(tmp / name / "ids.npy", np.asarray(ids, dtype=np.int32))
             np.save(tmp / name / "fov.npy", fov_resized)
+            if truth is not None:
+                write_json(tmp / name / "truth.json", _split_truth(truth, ids, manifest))
             for task in tasks:
                 for key, array in (("pixels", arrays[task.name]), ("core_pixels", arrays[f"core_{task.name}"])):
                     counts = array.sum(axis=(0, 1, 2), dtype=np.int64)
@@ -107,6 +114,16 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Sequence[Task], params:
             del arrays
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _split_truth(truth: dict[str, list[dict[str, Any]]], ids: Sequence[int], manifest: dict[str, Any]) -> dict:
+    """The simulated lesions of one split, still in full-size pixels, with what maps them onto the arrays.
+
+    A full-size point (x, y) lies at ((x - x0) * S / (x1 - x0), (y - y0) * S / (y1 - y0)) in
+    a prepared image of ``image_size`` S cropped to ``crop_box`` (x0, y0, x1, y1).
+    """
+    return {"source_size": manifest["source_size"], "crop_box": manifest["crop_box"],
+            "image_size": manifest["image_size"], "images": {str(i): truth[str(i)] for i in ids}}
 
 
 def _store(arrays: dict[str, np.memmap], row: int, sample: tuple[np.ndarray, ...], tasks: Sequence[Task]) -> None:

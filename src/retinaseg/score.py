@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from retinaseg import anatomy, metrics, stage
+from retinaseg import anatomy, bootstrap, froc, metrics, stage, truth
 from retinaseg.arrays import load_set
 from retinaseg.atomic import atomic_path, save_npy, write_json
 from retinaseg.errors import PipelineError
@@ -37,6 +37,8 @@ class Scoring:
 
     thresholds: dict[str, float]
     threshold_source: str
+    operating_point: str
+    target_fp_per_image: float | None
     threshold_beta: float
     min_component_px: int
     drop_on_optic_disc: bool
@@ -52,13 +54,18 @@ class Scoring:
         try:
             summary = json.loads(path.read_text())
             return cls({name: float(summary["thresholds"][name]) for name in lesion_names},
-                       str(summary["threshold_source"]), float(summary["threshold_beta"]),
+                       str(summary["threshold_source"]), str(summary["operating_point"]),
+                       _optional(summary["target_fp_per_image"]), float(summary["threshold_beta"]),
                        int(summary["min_component_px"]), bool(summary["drop_on_optic_disc"]),
                        int(summary["pr_thresholds"]))
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise PipelineError(f"{path}: not an eval.json of the classes {', '.join(lesion_names)} "
                                 f"({type(error).__name__}: {error}); pass metrics/eval/<variant>/eval.json "
                                 "of the same task") from None
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def prediction_path(folder: Path, image_id: int) -> Path:
@@ -96,22 +103,40 @@ def read_predictions(folder: Path, ids: list[int], shape: tuple[int, ...]) -> np
 
 
 def score_folder(reference_dir: Path, predictions_dir: Path, task: Task, scoring: Scoring,
-                 variant: str) -> tuple[dict[str, Any], dict[str, list[dict]], np.ndarray]:
+                 variant: str) -> tuple[dict[str, Any], Curves, np.ndarray]:
     """Score a folder of predictions against a prepared set (``data/prepared/test``).
 
-    Returns the eval.json summary, the precision-recall curve of every lesion class
-    against the core, and the cleaned masks [N,S,S,C].
+    Returns the eval.json summary, the curves of every lesion class (``Curves``) and the
+    cleaned masks [N,S,S,C].
     """
+    recorded = reference_task(reference_dir, task.name)
+    if recorded.plane_names == task.plane_names:  # the manifest also knows each class's lesion types
+        task = recorded
     reference = load_set(reference_dir, task.name, core=True)
     ids = reference["ids"].tolist()
     shape = (*reference[task.name].shape[1:3], task.num_planes)
     probabilities = read_predictions(predictions_dir, ids, shape)
-    return score(reference, probabilities, task, scoring, variant, read_manifest(reference_dir)["core_threshold"])
+    return score(reference, probabilities, task, scoring, variant, read_manifest(reference_dir)["core_threshold"],
+                 truth.read_truth(reference_dir))
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The curves of one scoring, per lesion class: precision-recall and FROC against the core, FROC against the truth."""
+
+    pr: dict[str, list[dict]]
+    froc: dict[str, list[dict]]
+    froc_truth: dict[str, list[dict]]
 
 
 def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Task, scoring: Scoring,
-          variant: str, core_threshold: float) -> tuple[dict[str, Any], dict[str, list[dict]], np.ndarray]:
-    """Score probabilities [N,S,S,C] against a reference set read with ``load_set(..., core=True)``."""
+          variant: str, core_threshold: float,
+          simulated: dict | None = None) -> tuple[dict[str, Any], Curves, np.ndarray]:
+    """Score probabilities [N,S,S,C] against a reference set read with ``load_set(..., core=True)``.
+
+    With the ``simulated`` truth of synthetic data (``truth.read_truth``), each class of known
+    lesion types is also scored against the lesions the generator drew.
+    """
     fov, ids = reference["fov"], reference["ids"].tolist()
     discs = [anatomy.optic_disc_mask(image, fov) for image in reference["images"]]
     rules = scoring.rules
@@ -119,19 +144,61 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
     target, core = reference[task.name].astype(bool), reference[f"core_{task.name}"].astype(bool)
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(target, predicted)])
     summary = {"variant": variant, "task": task.name, **asdict(scoring), "core_threshold": core_threshold,
-               "n_images": len(ids), "lesion_classes": task.lesion_names,
+               "n_images": len(ids), "lesion_classes": task.lesion_names, "froc_rule": froc.RULE,
                **metrics.summarize(ids, counts, task.plane_names, task.lesion_planes)}
-    curves = {}
+    curves = Curves({}, {}, {})
+    sweep_discs = discs if scoring.drop_on_optic_disc else [None] * len(ids)
+    resamples = bootstrap.weights(len(ids))
     for plane, name in zip(task.lesion_planes, task.lesion_names):
         lesions = [metrics.lesion_counts(ref[..., plane], pred[..., plane], scoring.min_component_px)
                    for ref, pred in zip(target, predicted)]
         summary[name]["lesion"] = metrics.summarize_lesions(lesions)
-        summary[name]["core"], core_per_image, curves[name] = _score_core(
+        summary[name]["core"], core_per_image, curves.pr[name] = _score_core(
             probabilities[..., plane], core[..., plane], predicted[..., plane], fov, discs, scoring)
+        core_sweep = froc.sweep(probabilities[..., plane], fov, sweep_discs, scoring.min_component_px,
+                                [froc.Lesions.from_mask(ref) for ref in core[..., plane]])
+        summary[name]["core"]["froc"], curves.froc[name] = core_sweep.summary(), core_sweep.curve()
+        core_counts = np.array([[entry[key] for key in metrics.COUNT_NAMES] for entry in core_per_image])
+        summary[name]["core"]["bootstrap"] = {
+            "samples": bootstrap.SAMPLES, "seed": bootstrap.SEED, "unit": "test image",
+            "cpm_ci95": bootstrap.interval(core_sweep.resampled_cpm(resamples)),
+            "f1_ci95": bootstrap.interval(bootstrap.dice(core_counts, resamples))}
         for entry, counted, at_core in zip(summary["per_image"], lesions, core_per_image):
             entry[name]["lesions"] = counted
             entry[name]["core"] = at_core
+        if simulated is not None and task.classes[name]:
+            summary[name]["truth"], curves.froc_truth[name] = _score_truth(
+                probabilities[..., plane], predicted[..., plane], fov, sweep_discs, ids, simulated,
+                task.classes[name], scoring.min_component_px, resamples)
     return summary, curves, predicted
+
+
+def _score_truth(probability: np.ndarray, predicted: np.ndarray, fov: np.ndarray, discs: list, ids: list[int],
+                 simulated: dict, lesion_types: list[str], min_component_px: int,
+                 resamples: np.ndarray) -> tuple[dict, list[dict]]:
+    """One class against the lesions the generator drew: FROC by kind, size and annotators, and the operating point."""
+    drawn = [truth.class_lesions(simulated, image_id, lesion_types) for image_id in ids]
+    references = [truth.footprints(lesions, simulated["crop_box"], simulated["image_size"]) for lesions in drawn]
+    swept = froc.sweep(probability, fov, discs, min_component_px, references)
+    found, false_positives = [], 0
+    for plane, reference in zip(predicted, references):
+        labels, keep = metrics.kept_components(plane, 1)
+        hits, fp = froc.match(labels, keep, reference)
+        found.append(hits)
+        false_positives += fp
+    found = np.concatenate(found) if found else np.zeros(0, dtype=bool)
+    pooled = [lesion for lesions in drawn for lesion in lesions]
+    at_point = {"lesion_sensitivity": float(found.mean()) if found.size else None,
+                "fp_components_per_image": false_positives / len(ids),
+                "n_reference_lesions": int(found.size), "n_found_lesions": int(found.sum()),
+                "n_fp_components": false_positives, "n_images": len(ids),
+                **{f"by_{grouping}": {group: {"lesion_sensitivity": float(found[chosen].mean()) if chosen.any() else None,
+                                              "n_lesions": int(chosen.sum())}
+                                      for group, chosen in selected.items()}
+                   for grouping, selected in truth.groups(pooled).items()}}
+    interval = {"samples": bootstrap.SAMPLES, "seed": bootstrap.SEED, "unit": "test image",
+                "cpm_ci95": bootstrap.interval(swept.resampled_cpm(resamples))}
+    return {"lesion": at_point, "froc": swept.summary(truth.groups(pooled)), "bootstrap": interval}, swept.curve()
 
 
 def _score_core(probability: np.ndarray, core: np.ndarray, predicted: np.ndarray, fov: np.ndarray,
@@ -190,14 +257,18 @@ def reference_task(reference_dir: Path, name: str) -> Task:
     manifest_path = reference_dir.parent / "manifest.json"
     if name not in tasks:
         raise PipelineError(f"--task {name}: not in {manifest_path}; known tasks: {', '.join(tasks)}")
-    return Task.from_planes(name, tasks[name]["classes"])
+    planes = tasks[name]["classes"]
+    if "lesion_types" in tasks[name]:  # written by prepare since the simulated truth is scored
+        return Task(name, {class_name: tuple(types) for class_name, types in tasks[name]["lesion_types"].items()})
+    return Task.from_planes(name, planes)
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     task = reference_task(args.reference, args.task)
     scoring = (Scoring.from_eval_json(args.rules, task.lesion_names) if args.rules else
-               Scoring(dict.fromkeys(task.lesion_names, args.threshold), "argument", 1.0, 1, False, 101))
+               Scoring(dict.fromkeys(task.lesion_names, args.threshold), "argument", "fixed", None, 1.0, 1,
+                       False, 101))
     summary, _, _ = score_folder(args.reference, args.predictions, task, scoring,
                                  args.variant or args.predictions.name)
     write_json(args.out, summary)

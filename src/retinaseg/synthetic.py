@@ -7,6 +7,8 @@ the split lists, all in the folders and formats of DIARETDB1 v1.1.
 
 Two styles: "realistic" (default) matches the label statistics and the low contrast of
 the real marked regions; "easy" draws crisp lesions with tight marks, a quick smoke test.
+The realistic style also writes the lesions it drew (``layout.SIMULATED_TRUTH``), the
+truth its coarse annotator marks only hint at.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from retinaseg import layout, synthetic_easy, synthetic_realistic
-from retinaseg.atomic import atomic_path
+from retinaseg.atomic import atomic_path, write_json
 from retinaseg.synthetic_fundus import Canvas
 
-#: Image samplers by style name; each maps (canvas, rng) to (RGB image, maps by lesion type).
+#: Image samplers by style name; each maps (canvas, rng) to (RGB image, maps by lesion type, lesions drawn),
+#: the lesions a list of JSON-ready dicts, or None for a style without a truth of its own.
 STYLES = {"realistic": synthetic_realistic.sample, "easy": synthetic_easy.sample}
 #: Fast PNG compression: the images are noisy, so stronger levels gain little but cost seconds.
 _PNG_LEVEL = 1
@@ -41,17 +44,24 @@ def generate(
 
     Each image draws from its own generator seeded by ``(seed, image_id)``, so the
     same seed gives byte-identical files and images do not depend on ``num_images``. The
-    limits of the arguments are those of the ``data`` params block.
+    limits of the arguments are those of the ``data`` params block. A style that knows its
+    lesions writes them to ``root / layout.SIMULATED_TRUTH``, outside ``resources/`` so the
+    official layout stays as it is: ``{"style", "source_size": [w, h], "images": {"<id>": [lesion, ...]}}``.
     """
     width, height = size
     root = Path(root)
     canvas = Canvas.create(width, height)
     _save(Image.fromarray(np.where(canvas.fov, 255, 0).astype(np.uint8)), root / layout.FUNDUS_MASK)
+    truth = {}
     for image_id in tqdm(range(1, num_images + 1), desc=f"synthetic images ({style})", unit="image"):
-        image, maps = STYLES[style](canvas, np.random.default_rng([seed, image_id]))
+        image, maps, lesions = STYLES[style](canvas, np.random.default_rng([seed, image_id]))
         _save(Image.fromarray(image), root / layout.image_path(image_id))
         for lesion, level_map in maps.items():
             _save(Image.fromarray(level_map), root / layout.groundtruth_path(lesion, image_id))
+        if lesions is not None:
+            truth[str(image_id)] = lesions
+    if truth:
+        write_json(root / layout.SIMULATED_TRUTH, {"style": style, "source_size": [width, height], "images": truth})
     num_train = math.ceil(num_images * 28 / layout.NUM_IMAGES)
     _write_list(root / layout.TRAIN_LIST, range(1, num_train + 1))
     _write_list(root / layout.TEST_LIST, range(num_train + 1, num_images + 1))

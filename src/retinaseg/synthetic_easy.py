@@ -67,8 +67,11 @@ class _Blob:
         return np.hypot(dx, dy) - self.radius * (1 + wobble)
 
 
-def sample(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One fundus image (uint8 HxWx3) and its ground-truth maps (uint8 HxW per lesion type)."""
+def sample(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray], None]:
+    """One fundus image (uint8 HxWx3), its ground-truth maps (uint8 HxW per lesion type) and no lesion list.
+
+    The marks follow the blobs' outlines, so the maps are the truth; no simulated truth is kept.
+    """
     disc = place_disc(canvas, rng)
     image = _background(canvas, rng, disc)
     blend(image, vessels(canvas, rng, disc), rng.uniform(0.75, 1.0) * np.array([135, 30, 22]))
@@ -81,7 +84,7 @@ def sample(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, dict[s
             _paint(image, rng, kind, blob)
     image += rng.standard_normal(image.shape, dtype=np.float32) * 2.0
     image *= canvas.fov[:, :, None]
-    return np.clip(image, 0, 255).astype(np.uint8), maps
+    return np.clip(image, 0, 255).astype(np.uint8), maps, None
 
 
 def _background(canvas: Canvas, rng: np.random.Generator, disc: Disc) -> np.ndarray:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -29,9 +30,11 @@ class _Kind:
     (or on a ring of that radius with chance ``ring``, as circinate exudates do).
     A share ``flames`` of lesions is elongated along the nerve fibres (away from the disc).
     Each lesion tints the fundus towards ``colour`` by ``opacity``, softened by ``blur``;
-    ``grouping`` multiplies every annotator's grouping distance.
+    ``grouping`` multiplies every annotator's grouping distance. ``clinical`` names the
+    lesions in the simulated truth; only haemorrhages have flames, named ``flame_haemorrhage``.
     """
 
+    clinical: str
     presence: float
     clusters: tuple[int, int]
     per_cluster: tuple[int, int]
@@ -47,22 +50,28 @@ class _Kind:
 
 _KINDS = {
     "hemorrhages": _Kind(
+        clinical="dot_blot_haemorrhage",
         presence=1.0, clusters=(12, 70), per_cluster=(1, 2), spread=(8, 30), radius=(3, 13),
         colour=(120, 25, 20), opacity=(0.35, 0.6), blur=1.5, grouping=1.0, flames=0.25,
     ),
     "redsmalldots": _Kind(
+        clinical="microaneurysm",
         presence=0.95, clusters=(20, 100), per_cluster=(1, 4), spread=(5, 150), radius=(1.5, 4),
         colour=(120, 25, 20), opacity=(0.4, 0.65), blur=0.8, grouping=2.4,
     ),
     "hardexudates": _Kind(
+        clinical="hard_exudate",
         presence=0.75, clusters=(3, 12), per_cluster=(4, 25), spread=(40, 160), radius=(2, 8),
         colour=(250, 225, 120), opacity=(0.35, 0.7), blur=1.0, grouping=2.0, ring=0.3,
     ),
     "softexudates": _Kind(
+        clinical="cotton_wool_spot",
         presence=0.6, clusters=(1, 4), per_cluster=(1, 2), spread=(20, 60), radius=(15, 40),
         colour=(235, 220, 180), opacity=(0.25, 0.45), blur=8.0, grouping=1.5,
     ),
 }
+#: What the simulated truth calls a haemorrhage drawn as a flame.
+_FLAME = "flame_haemorrhage"
 
 
 @dataclass(frozen=True)
@@ -96,13 +105,14 @@ _SHAPES = {"circle": 0.4, "ellipse": 0.35, "polygon": 0.25}
 
 @dataclass(frozen=True)
 class _Lesions:
-    """Lesions of one type as parallel arrays (pixels of this canvas): centre, semi-axes, angle."""
+    """Lesions of one type as parallel arrays (pixels of this canvas): centre, semi-axes, angle, flame or not."""
 
     x: np.ndarray
     y: np.ndarray
     major: np.ndarray
     minor: np.ndarray
     angle: np.ndarray
+    flame: np.ndarray
 
     def half_extents(self) -> tuple[np.ndarray, np.ndarray]:
         """Half width and half height of each lesion's bounding box."""
@@ -110,17 +120,41 @@ class _Lesions:
         return np.hypot(self.major * cos, self.minor * sin), np.hypot(self.major * sin, self.minor * cos)
 
 
-def sample(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One fundus image (uint8 HxWx3) and its ground-truth maps (uint8 HxW per lesion type)."""
+def sample(
+    canvas: Canvas, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict[str, Any]]]:
+    """One fundus image (uint8 HxWx3), its ground-truth maps (uint8 HxW per lesion type) and the lesions drawn.
+
+    The lesions are the truth the maps only hint at (see ``_truth``), so evaluation can
+    also score against what is really in the image.
+    """
     disc = place_disc(canvas, rng)
     reflectance = _fundus(canvas, rng, disc)
-    maps = {}
+    maps, truth = {}, []
     for lesion in layout.LESION_TYPES:
         kind = _KINDS[lesion]
         lesions = _place(canvas, rng, kind, disc)
         _paint(reflectance, canvas, rng, kind, lesions)
-        maps[lesion] = _annotate(canvas, rng, kind, lesions)
-    return _photograph(canvas, rng, reflectance), maps
+        maps[lesion], annotators = _annotate(canvas, rng, kind, lesions)
+        truth += _truth(lesion, kind, lesions, annotators)
+    return _photograph(canvas, rng, reflectance), maps, truth
+
+
+def _truth(lesion: str, kind: _Kind, lesions: _Lesions, annotators: np.ndarray) -> list[dict[str, Any]]:
+    """JSON-ready lesions: type, clinical kind, shape (canvas pixels, as drawn) and how many annotators marked it.
+
+    ``x`` is the column and ``y`` the row in the coordinates of the ``ImageDraw.polygon`` that
+    painted the lesion, where pixel (row r, column c) spans [c, c+1) x [r, r+1): the centre lies
+    in pixel (floor(y), floor(x)). ``angle`` turns the major axis from the x axis towards y.
+    """
+    return [
+        {"type": lesion, "kind": _FLAME if flame else kind.clinical,
+         "x": round(x, 2), "y": round(y, 2), "major": round(major, 2), "minor": round(minor, 2),
+         "angle": round(angle, 2), "annotators": count}
+        for x, y, major, minor, angle, flame, count in zip(
+            lesions.x.tolist(), lesions.y.tolist(), lesions.major.tolist(), lesions.minor.tolist(),
+            lesions.angle.tolist(), lesions.flame.tolist(), annotators.tolist())
+    ]
 
 
 def _fundus(canvas: Canvas, rng: np.random.Generator, disc: Disc) -> np.ndarray:
@@ -164,11 +198,12 @@ def _place(canvas: Canvas, rng: np.random.Generator, kind: _Kind, disc: Disc) ->
     x = centres[members, 0] + distance * spreads[members] * np.cos(angle)
     y = centres[members, 1] + distance * spreads[members] * np.sin(angle)
     radius = _log_uniform(rng, *kind.radius, size=len(members)) * canvas.scale
-    elongation = np.where(rng.random(len(members)) < kind.flames, rng.uniform(2.5, 5, len(members)), 1.0)
+    flame = rng.random(len(members)) < kind.flames
+    elongation = np.where(flame, rng.uniform(2.5, 5, len(members)), 1.0)
     elongation *= rng.uniform(1, 1.4, len(members))
     # Flames follow the nerve fibres, which run roughly away from the disc.
     along_fibres = np.arctan2(y - disc.y, x - disc.x) + rng.normal(0, 0.25, len(members))
-    lesions = _Lesions(x, y, radius * np.sqrt(elongation), radius / np.sqrt(elongation), along_fibres)
+    lesions = _Lesions(x, y, radius * np.sqrt(elongation), radius / np.sqrt(elongation), along_fibres, flame)
     return _keep(lesions, _inside(canvas, disc, x, y, radius * np.sqrt(elongation)))
 
 
@@ -194,7 +229,7 @@ def _inside(canvas: Canvas, disc: Disc, x: np.ndarray, y: np.ndarray, reach: np.
 
 def _keep(lesions: _Lesions, chosen: np.ndarray) -> _Lesions:
     """Only the ``chosen`` lesions."""
-    return _Lesions(*(field[chosen] for field in (lesions.x, lesions.y, lesions.major, lesions.minor, lesions.angle)))
+    return _Lesions(*(getattr(lesions, field.name)[chosen] for field in fields(_Lesions)))
 
 
 def _paint(image: np.ndarray, canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions) -> None:
@@ -225,17 +260,28 @@ def _outline(
     return list(zip((x + u * cos - v * sin).tolist(), (y + u * sin + v * cos).tolist()))
 
 
-def _annotate(canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions) -> np.ndarray:
-    """Sum of the four annotators' confidence maps, in steps of 21 as DIARETDB1 stores them."""
+def _annotate(
+    canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of the four annotators' confidence maps, in steps of 21 as DIARETDB1 stores them.
+
+    Also how many annotators marked each lesion (0..4), which the map alone cannot tell.
+    """
     total = np.zeros((canvas.height, canvas.width), dtype=np.uint16)
+    annotators = np.zeros(len(lesions.x), dtype=np.int64)
     for annotator in _ANNOTATORS:
-        total += np.asarray(_marks(canvas, rng, kind, lesions, annotator))
-    return (total * layout.CONFIDENCE_STEP * canvas.fov).astype(np.uint8)
+        layer, marked = _marks(canvas, rng, kind, lesions, annotator)
+        total += np.asarray(layer)
+        annotators += marked
+    return (total * layout.CONFIDENCE_STEP * canvas.fov).astype(np.uint8), annotators
 
 
 @dataclass(frozen=True)
 class _Group:
-    """Lesions an annotator marks at once: centre, half span of their centres, largest lesion half extents."""
+    """Lesions an annotator marks at once: centre, half span of their centres, largest lesion half extents.
+
+    ``members`` are the lesions' indices, so the truth can tell which lesions a mark covers.
+    """
 
     x: float
     y: float
@@ -243,14 +289,16 @@ class _Group:
     span_y: float
     half_width: float
     half_height: float
+    members: np.ndarray
 
 
 def _marks(
     canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions, annotator: _Annotator
-) -> Image.Image:
+) -> tuple[Image.Image, np.ndarray]:
     """One annotator's confidence map (0..3): a coarse shape around each lesion group it notices.
 
     Small lesions are easily missed: the chance to notice grows with the size of the largest lesion.
+    Also which lesions are in a noticed group (bool per lesion).
     """
     layer = Image.new("L", (canvas.width, canvas.height))
     groups = _groups(lesions, annotator.grouping * kind.grouping * canvas.scale)
@@ -262,7 +310,10 @@ def _marks(
     for g in np.argsort(levels, kind="stable"):
         if noticed[g]:
             draw.polygon(_mark_outline(canvas, rng, groups[g], annotator), fill=int(levels[g]))
-    return layer
+    marked = np.zeros(len(lesions.x), dtype=bool)
+    for group, seen in zip(groups, noticed):
+        marked[group.members] = seen
+    return layer, marked
 
 
 def _groups(lesions: _Lesions, distance: float) -> list[_Group]:
@@ -283,7 +334,7 @@ def _groups(lesions: _Lesions, distance: float) -> list[_Group]:
             x0, x1 = lesions.x[members].min(), lesions.x[members].max()
             y0, y1 = lesions.y[members].min(), lesions.y[members].max()
             groups.append(_Group((x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2,
-                                 half_width[members].max(), half_height[members].max()))
+                                 half_width[members].max(), half_height[members].max(), members))
     return groups
 
 
