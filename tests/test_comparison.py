@@ -15,7 +15,8 @@ ROW = {"variant": "binary", "init_from": "scratch", "class": "hemorrhages", "thr
        "core_optic_disc_components_per_image": None, "predicted_fov_share": 0.02, "reference_fov_share": 0.018,
        "core_auc_pr": 0.45, "epochs": 3, "train_seconds": 12.0, "parameters": 1000,
        "core_cpm": 0.25, "core_cpm_ci95": [0.2, 0.3], "core_sensitivity_at_1_fp": 0.4, "core_f1_ci95": [0.45, 0.55],
-       "core_found": 0.7, "core_fp": 1.5, "truth_cpm": None, "truth_cpm_ci95": None,
+       "core_found": 0.7, "core_fp": 1.5, "core_outside_marks_cpm": 0.6, "core_outside_marks_cpm_ci95": [0.5, 0.7],
+       "truth_cpm": None, "truth_cpm_ci95": None,
        "truth_sensitivity_at_1_fp": None, "truth_found": None, "truth_fp": None}
 
 
@@ -30,7 +31,8 @@ def test_published_bars_only_on_real_data():
 def test_table_labels_the_published_row_with_its_data():
     synthetic = comparison.markdown([ROW], real_data=False)
     assert "**real** DIARETDB1" in synthetic and "not comparable" in synthetic and "Data: synthetic" in synthetic
-    assert "| binary | scratch | hemorrhages | 0.350 | 0.250 [0.200, 0.300] | 0.400 | n/a | n/a | n/a | " \
+    assert "| binary | scratch | hemorrhages | 0.350 | 0.250 [0.200, 0.300] | 0.400 | 0.600 [0.500, 0.700] | " \
+        "n/a | n/a | n/a | " \
         "0.500 [0.450, 0.550] | 0.500 |" in synthetic
     assert "| 2.00 | 1.80 |" in synthetic  # predicted and core share of the field of view, in %
     assert "not comparable" not in comparison.markdown([ROW], real_data=True)
@@ -59,7 +61,7 @@ def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
     assert row["target_f1"] == row["core_f1"] and row["predicted_fov_share"] == 24 / 512
     # At thresholds over 0.9 both lesions are found without the false alarm: sensitivity 1 at every rate.
     assert row["core_cpm"] == 1.0 and row["core_sensitivity_at_1_fp"] == 1.0 and row["truth_cpm"] is None
-    assert "| binary | scratch | hemorrhages | 0.350 | 1.000 [1.000, 1.000] | 1.000 | n/a | n/a | n/a | 0.857 " \
+    assert "| binary | scratch | hemorrhages | 0.350 | 1.000 [1.000, 1.000] | 1.000 | n/a | n/a | n/a | n/a | 0.857 " \
         in comparison.markdown([row], real_data=False)
 
 

@@ -94,9 +94,23 @@ def test_groups_are_read_at_the_class_threshold_and_empty_groups_are_nan():
 
 def test_threshold_at_rate_finds_the_most_lesions_within_the_rate():
     reference, probability = _image()
-    fov = np.ones_like(reference)
-    assert froc.threshold_at_rate(probability[None], reference[None], fov, [None], 1, 1.0) == pytest.approx(0.5)  # the highest of the ties
-    assert froc.threshold_at_rate(probability[None], reference[None], fov, [None], 1, 0.0) == pytest.approx(0.9)
+    fov, unmarked = np.ones_like(reference), np.zeros((1, *reference.shape), bool)
+    at = lambda rate, marked=unmarked: froc.threshold_at_rate(probability[None], reference[None], marked, fov,
+                                                              [None], 1, rate)
+    assert at(1.0) == pytest.approx(0.5)  # the highest of the ties
+    assert at(0.0) == pytest.approx(0.9)
+    marked = unmarked.copy()
+    marked[0, 9:13, 9:13] = True  # an annotator marked the false alarm's place: no false alarm there
+    assert at(0.0, marked) == pytest.approx(0.5)
+
+
+def test_a_component_on_a_spared_pixel_is_no_false_positive_and_no_lesion():
+    reference, probability = _image()
+    spared = np.zeros_like(reference)
+    spared[11, 11] = True
+    lesions = froc.Lesions.from_mask(reference, spared)
+    swept = froc.sweep(probability[None], np.ones_like(reference), [None], 1, [lesions], thresholds=np.array([0.4]))
+    assert lesions.count == 2 and swept.false_positives.tolist() == [0] and swept.found.sum() == 2
 
 
 def test_thresholds_compare_in_the_probabilities_dtype():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 import yaml
+from retinaseg import froc
 from project import LESION_CLASSES, PROJECT, VARIANTS, free_port, run, server_process
 
 
@@ -44,6 +45,17 @@ def test_repro_writes_every_declared_output(reproduced):
             assert evaluation["threshold_source"] == "validation" and 0 < evaluation["thresholds"][name] < 1
             curve = json.loads((repo / "metrics" / "eval" / variant / "pr_curves" / f"{name}.json").read_text())
             assert len(curve) == 11 and {"threshold", "precision", "recall"} <= set(curve[0])
+            assert 0 <= core["froc"]["cpm"] <= 1 and set(core["froc"]["sensitivity_at_fp"]) == set(froc.CPM_RATES)
+            assert {"sensitivity_at_1_fp", "sensitivity_at_2_fp"} <= set(core["froc"])
+            low, high = core["bootstrap"]["cpm_ci95"]
+            assert low is None or low <= high
+            truth = evaluation[name]["truth"]  # the tiny data is realistic synthetic: its truth is known
+            assert truth["froc"]["n_lesions"] == truth["lesion"]["n_reference_lesions"] > 0
+            assert {"by_kind", "by_size", "by_annotators"} <= set(truth["froc"])
+            for reference in ("core", "truth"):
+                froc_curve = json.loads((repo / "metrics" / "eval" / variant / "froc" /
+                                         f"{name}_{reference}.json").read_text())
+                assert len(froc_curve) == len(froc.SWEEP_THRESHOLDS)
         assert len(list((repo / "metrics" / "eval" / variant / "overlays").glob("*.png"))) == 1
     table = (repo / "metrics" / "comparison.md").read_text()
     assert "| binary | scratch | hemorrhages |" in table and "| multiclass_transfer | binary | red |" in table
@@ -69,7 +81,7 @@ def test_plots_show_renders_curves_and_overlays(reproduced, tmp_path):
     repo = reproduced
     run(["dvc", "plots", "show", "--out", str(tmp_path / "plots")], repo)
     page = (tmp_path / "plots" / "index.html").read_text()
-    for fragment in ("train_curve.tsv", "pr_curves", "overlays", "comparison.png"):
+    for fragment in ("train_curve.tsv", "pr_curves", "overlays", "comparison.png", "froc.json", '"type": "log"'):
         assert fragment in page, fragment
 
 

@@ -26,7 +26,8 @@ def load_set(folder: Path, task: str | None = None, mmap: bool = False, core: bo
 
     ``target`` "mask" reads the binary planes ``masks_<task>.npy``, "confidence" the soft
     ones ``confidence_<task>.npy``; either way they are returned under the task's name.
-    With ``core`` (prepared sets only), also ``fov`` and the core masks as ``core_<task>``.
+    With ``core`` (prepared sets only), also ``fov``, the core masks as ``core_<task>`` and, as
+    ``marked_<task>``, where any annotator marked anything (confidence above 0).
     """
     mode = "r" if mmap else None
     prefix = TARGET_FILES[target]
@@ -38,8 +39,9 @@ def load_set(folder: Path, task: str | None = None, mmap: bool = False, core: bo
         if core:
             arrays["fov"] = np.load(folder / "fov.npy")
             for name in names:
-                key = "core_" + name[len(prefix):-len(".npy")]
-                arrays[key] = np.load(folder / f"{key}.npy", mmap_mode=mode)
+                task_name = name[len(prefix):-len(".npy")]
+                arrays[f"core_{task_name}"] = np.load(folder / f"core_{task_name}.npy", mmap_mode=mode)
+                arrays[f"marked_{task_name}"] = np.load(folder / f"confidence_{task_name}.npy", mmap_mode=mode) > 0
     except FileNotFoundError as error:
         raise PipelineError(f"{error.filename}: missing; run `dvc repro` to rebuild the earlier stages") from None
     return arrays

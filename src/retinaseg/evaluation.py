@@ -56,8 +56,10 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     ``auto`` chooses, per class, on the training run's held-out validation images against
     their lesion core, after the same cleaning as the test images: with ``operating_point``
     ``fp_per_image`` the threshold that finds the most core lesions with at most
-    ``target_fp_per_image`` false-positive components per image (``froc``), with ``f_beta``
-    the best pixel F-beta (``threshold_beta``).
+    ``target_fp_per_image`` false-positive components per image outside every annotator's
+    mark (``froc``; a component on a lesion that fewer annotators marked is not a false alarm:
+    on synthetic data this count follows the false alarms against the drawn lesions), with
+    ``f_beta`` the best pixel F-beta (``threshold_beta``).
     """
     task, variant = trained.task, trained.run.get("variant", trained.source)
     if params.threshold != "auto":
@@ -69,6 +71,7 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     train = load_set(prepared_dir / "train", task.name, core=True)
     rows = np.isin(train["ids"], val_ids)
     images, fov, core = train["images"][rows], train["fov"], train[f"core_{task.name}"][rows].astype(bool)
+    marked = train[f"marked_{task.name}"][rows]
     discs = ([anatomy.optic_disc_mask(image, fov) for image in images] if params.drop_on_optic_disc
              else [None] * len(images))
     probabilities = predict(trained.model, images)
@@ -77,10 +80,11 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
                                                params.threshold_beta)
         rule = f"best pixel F{params.threshold_beta:g}"
     else:
-        chosen = [froc.threshold_at_rate(probabilities[..., plane], core[..., plane], fov, discs,
-                                         params.min_component_px, params.target_fp_per_image)
+        chosen = [froc.threshold_at_rate(probabilities[..., plane], core[..., plane], marked[..., plane], fov,
+                                         discs, params.min_component_px, params.target_fp_per_image)
                   for plane in task.lesion_planes]
-        rule = f"most core lesions with at most {params.target_fp_per_image:g} false positives per image"
+        rule = (f"most core lesions with at most {params.target_fp_per_image:g} false positives per image outside "
+                "every annotator's mark")
     print(f"evaluate {variant}: thresholds chosen on {rows.sum()} validation images ({rule}): "
           + ", ".join(f"{name} {value:.3f}" for name, value in zip(task.lesion_names, chosen)))
     return chosen, "validation"
@@ -119,7 +123,8 @@ def _write_outputs(out_dir: Path, summary: dict, curves: Curves, images: np.ndar
         for name, rows in curves.pr.items():
             write_json(tmp / f"{name}.json", rows)
     with atomic_path(out_dir / "froc", is_dir=True) as tmp:
-        for reference, by_class in (("core", curves.froc), ("truth", curves.froc_truth)):
+        for reference, by_class in (("core", curves.froc), ("core-outside-marks", curves.froc_outside_marks),
+                                    ("truth", curves.froc_truth)):
             for name, rows in by_class.items():
                 write_json(tmp / f"{name}_{reference}.json", rows)
     with atomic_path(out_dir / "overlays", is_dir=True) as tmp:
@@ -158,6 +163,8 @@ def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
                   "test_{name}_{score}_per_image": scores["per_image_mean"],
                   "test_{name}_core_{score}": {**scores["core"]["micro"], **scores["core"]["lesion"],
                             "auc_pr": scores["core"]["pr"]["auc_pr"], **_detection(scores["core"]["froc"]),
+                            **{f"outside_marks_{key}": value for key, value in
+                               _detection(scores["core"].get("froc_outside_marks", {})).items()},
                             **{key: scores["core"][key] for key in ("predicted_fov_share", "area_ratio")}}}
         if "truth" in scores:
             groups["test_{name}_truth_{score}"] = {**_detection(scores["truth"]["froc"]),
@@ -175,4 +182,4 @@ def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 def _detection(summary: dict[str, Any]) -> dict[str, float]:
     """The FROC figures MLflow gets: the CPM and the sensitivity at 1 and 2 false positives per image."""
-    return {key: summary[key] for key in ("cpm", "sensitivity_at_1_fp", "sensitivity_at_2_fp")}
+    return {key: summary[key] for key in ("cpm", "sensitivity_at_1_fp", "sensitivity_at_2_fp") if key in summary}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -35,27 +35,34 @@ RULE = ("sensitivity at a rate = the highest lesion sensitivity of any swept thr
 
 @dataclass(frozen=True)
 class Lesions:
-    """The reference lesions of one image plane as (pixel, lesion) pairs: a pixel may belong to several."""
+    """The reference lesions of one image plane as (pixel, lesion) pairs: a pixel may belong to several.
+
+    ``spared`` pixels are no lesion to find, but a component touching one is no false alarm
+    either: the ignore regions of detection benchmarks (here, what any annotator marked).
+    """
 
     pixels: np.ndarray
     owners: np.ndarray
     count: int
+    spared: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray) -> Lesions:
+    def from_mask(cls, mask: np.ndarray, spared: np.ndarray | None = None) -> Lesions:
         """Each 8-connected component of a boolean [H,W] reference is one lesion (the lesion core's rule)."""
         labels, count = ndimage.label(mask, structure=metrics.EIGHT_CONNECTED)
         pixels = np.flatnonzero(labels)
-        return cls(pixels, labels.ravel()[pixels].astype(np.int64) - 1, int(count))
+        spared_pixels = np.zeros(0, dtype=np.int64) if spared is None else np.flatnonzero(spared & ~mask)
+        return cls(pixels, labels.ravel()[pixels].astype(np.int64) - 1, int(count), spared_pixels)
 
 
 def match(labels: np.ndarray, keep: np.ndarray, lesions: Lesions) -> tuple[np.ndarray, int]:
-    """Which lesions the kept components of ``labels`` find, and how many kept components touch none."""
+    """Which lesions the kept components of ``labels`` find, and how many kept components touch none (nor a spared pixel)."""
     flat = labels.ravel()
     hit = keep[flat[lesions.pixels]]
     found = np.zeros(lesions.count, dtype=bool)
     found[lesions.owners[hit]] = True
-    touching = np.unique(flat[lesions.pixels[hit]]).size
+    touched = flat[np.concatenate([lesions.pixels[hit], lesions.spared])]
+    touching = np.count_nonzero(keep[np.unique(touched)])
     return found, int(keep.sum()) - touching
 
 
@@ -119,13 +126,6 @@ class Sweep:
                                                    "n_lesions": int(np.count_nonzero(chosen))}
         return result
 
-    def at_threshold(self, threshold: float) -> dict:
-        """Sensitivity and FP per image of the swept threshold nearest ``threshold`` (the operating point)."""
-        index = int(np.argmin(np.abs(self.thresholds - threshold)))
-        return {"threshold": float(self.thresholds[index]), "sensitivity": float(self.sensitivity[index]),
-                "fp_per_image": float(self.fp_per_image[index]),
-                "n_found_lesions": int(self.found[index].sum()), "n_fp_components": int(self.false_positives[index])}
-
     def curve(self) -> list[dict[str, float]]:
         """One row per threshold, lowest first: threshold, FP per image, sensitivity (a DVC plot's rows)."""
         return [{"threshold": float(t), "fp_per_image": float(fp), "sensitivity": float(s),
@@ -180,12 +180,14 @@ def sweep(probability: np.ndarray, fov: np.ndarray, discs: Sequence[np.ndarray |
     return Sweep(np.asarray(thresholds, dtype=float), found, lesion_image, false_positives, share)
 
 
-def threshold_at_rate(probability: np.ndarray, reference: np.ndarray, fov: np.ndarray,
+def threshold_at_rate(probability: np.ndarray, reference: np.ndarray, marked: np.ndarray, fov: np.ndarray,
                       discs: Sequence[np.ndarray | None], min_component_px: int, rate: float) -> float:
-    """The swept threshold that finds the most lesions of ``reference`` [N,H,W] with at most ``rate`` FP per image.
+    """The swept threshold that finds the most lesions of ``reference`` [N,H,W] with at most ``rate`` false
+    positives per image outside every annotator's mark (``marked`` [N,H,W]).
 
     Where even the highest threshold gives more false positives, the highest threshold.
     """
-    swept = sweep(probability, fov, discs, min_component_px, [Lesions.from_mask(plane) for plane in reference])
+    swept = sweep(probability, fov, discs, min_component_px,
+                  [Lesions.from_mask(plane, spared) for plane, spared in zip(reference, marked)])
     index = swept.index_at(rate)
     return float(swept.thresholds[-1 if index is None else index])

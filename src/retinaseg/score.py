@@ -122,10 +122,12 @@ def score_folder(reference_dir: Path, predictions_dir: Path, task: Task, scoring
 
 @dataclass(frozen=True)
 class Curves:
-    """The curves of one scoring, per lesion class: precision-recall and FROC against the core, FROC against the truth."""
+    """The curves of one scoring, per lesion class: precision-recall and FROC against the core (false positives
+    off the core, and only outside every annotator's mark), FROC against the truth."""
 
     pr: dict[str, list[dict]]
     froc: dict[str, list[dict]]
+    froc_outside_marks: dict[str, list[dict]]
     froc_truth: dict[str, list[dict]]
 
 
@@ -134,19 +136,22 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
           simulated: dict | None = None) -> tuple[dict[str, Any], Curves, np.ndarray]:
     """Score probabilities [N,S,S,C] against a reference set read with ``load_set(..., core=True)``.
 
-    With the ``simulated`` truth of synthetic data (``truth.read_truth``), each class of known
-    lesion types is also scored against the lesions the generator drew.
+    With ``marked_<task>`` in the reference (boolean [N,S,S,C]: any annotator's mark), the core's FROC
+    is also read with false positives counted only outside the marks. With the ``simulated`` truth of
+    synthetic data (``truth.read_truth``), each class of known lesion types is also scored against the
+    lesions the generator drew.
     """
     fov, ids = reference["fov"], reference["ids"].tolist()
     discs = [anatomy.optic_disc_mask(image, fov) for image in reference["images"]]
     rules = scoring.rules
     predicted = np.stack([rules.apply(probability, fov, disc) for probability, disc in zip(probabilities, discs)])
     target, core = reference[task.name].astype(bool), reference[f"core_{task.name}"].astype(bool)
+    marked = reference.get(f"marked_{task.name}")
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(target, predicted)])
     summary = {"variant": variant, "task": task.name, **asdict(scoring), "core_threshold": core_threshold,
                "n_images": len(ids), "lesion_classes": task.lesion_names, "froc_rule": froc.RULE,
                **metrics.summarize(ids, counts, task.plane_names, task.lesion_planes)}
-    curves = Curves({}, {}, {})
+    curves = Curves({}, {}, {}, {})
     sweep_discs = discs if scoring.drop_on_optic_disc else [None] * len(ids)
     resamples = bootstrap.weights(len(ids))
     for plane, name in zip(task.lesion_planes, task.lesion_names):
@@ -163,6 +168,14 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
             "samples": bootstrap.SAMPLES, "seed": bootstrap.SEED, "unit": "test image",
             "cpm_ci95": bootstrap.interval(core_sweep.resampled_cpm(resamples)),
             "f1_ci95": bootstrap.interval(bootstrap.dice(core_counts, resamples))}
+        if marked is not None:  # the same lesions, false positives only where no annotator marked anything
+            outside = froc.sweep(probabilities[..., plane], fov, sweep_discs, scoring.min_component_px,
+                                 [froc.Lesions.from_mask(ref, spared) for ref, spared in
+                                  zip(core[..., plane], marked[..., plane])])
+            summary[name]["core"]["froc_outside_marks"] = outside.summary()
+            summary[name]["core"]["bootstrap"]["cpm_outside_marks_ci95"] = bootstrap.interval(
+                outside.resampled_cpm(resamples))
+            curves.froc_outside_marks[name] = outside.curve()
         for entry, counted, at_core in zip(summary["per_image"], lesions, core_per_image):
             entry[name]["lesions"] = counted
             entry[name]["core"] = at_core
