@@ -123,10 +123,10 @@ def _write_outputs(out_dir: Path, summary: dict, curves: Curves, images: np.ndar
         for name, rows in curves.pr.items():
             write_json(tmp / f"{name}.json", rows)
     with atomic_path(out_dir / "froc", is_dir=True) as tmp:
-        for reference, by_class in (("core", curves.froc), ("core-outside-marks", curves.froc_outside_marks),
-                                    ("truth", curves.froc_truth)):
+        for against, by_class in (("core", curves.froc), ("core-outside-marks", curves.froc_outside_marks),
+                                  ("truth", curves.froc_truth)):
             for name, rows in by_class.items():
-                write_json(tmp / f"{name}_{reference}.json", rows)
+                write_json(tmp / f"{name}_{against}.json", rows)
     with atomic_path(out_dir / "overlays", is_dir=True) as tmp:
         for row in range(len(images)):
             picture = overlay(images[row], reference[row], predicted[row], task,
