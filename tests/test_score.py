@@ -201,6 +201,7 @@ def test_with_the_simulated_truth_each_class_is_also_scored_against_the_drawn_le
     folder = write_predictions(tmp_path / "all", [3, 4], everywhere) or tmp_path / "all"
     scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, 1.0, 1, False, 11)
     summary, curves, _ = score_folder(realistic, folder, Task("binary", {"hemorrhages": ()}), scoring, "all")
+    json.dumps(summary, allow_nan=True)  # what eval.json gets: plain Python numbers only
     at_truth = summary["hemorrhages"]["truth"]
     assert at_truth["lesion"]["n_reference_lesions"] == haemorrhages > 0
     assert at_truth["lesion"]["lesion_sensitivity"] == 1.0 and at_truth["lesion"]["n_fp_components"] == 0

@@ -62,7 +62,7 @@ def match(labels: np.ndarray, keep: np.ndarray, lesions: Lesions) -> tuple[np.nd
     found = np.zeros(lesions.count, dtype=bool)
     found[lesions.owners[hit]] = True
     touched = flat[np.concatenate([lesions.pixels[hit], lesions.spared])]
-    touching = np.count_nonzero(keep[np.unique(touched)])
+    touching = int(np.count_nonzero(keep[np.unique(touched)]))
     return found, int(keep.sum()) - touching
 
 
