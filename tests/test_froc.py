@@ -121,3 +121,20 @@ def test_thresholds_compare_in_the_probabilities_dtype():
     swept = froc.sweep(probability[None], np.ones_like(reference), [None], 1,
                        [froc.Lesions.from_mask(reference)], thresholds=np.array([0.995]))
     assert swept.found.sum() == 1
+
+
+def test_one_lesion_per_component_a_painted_region_finds_one_lesion():
+    reference, _ = _image()
+    painted = np.zeros(reference.shape, dtype=np.int32)
+    painted[:, :] = 1  # one component over both lesions
+    keep = np.array([False, True])
+    assert froc.match(painted, keep, froc.Lesions.from_mask(reference))[0].sum() == 2  # the core's rule
+    found, fp = froc.match(painted, keep, froc.Lesions.from_mask(reference, one_per_component=True))
+    assert found.sum() == 1 and fp == 0
+
+
+def test_one_lesion_per_component_credits_the_largest_overlap():
+    lesions = froc.Lesions(np.array([0, 1, 2, 3, 4]), np.array([0, 1, 1, 1, 2]), 3, one_per_component=True)
+    labels = np.array([[1, 1, 1, 1, 2]])
+    found, fp = froc.match(labels, np.array([False, True, True]), lesions)
+    assert found.tolist() == [False, True, True] and fp == 0

@@ -204,7 +204,9 @@ def test_with_the_simulated_truth_each_class_is_also_scored_against_the_drawn_le
     json.dumps(summary, allow_nan=True)  # what eval.json gets: plain Python numbers only
     at_truth = summary["hemorrhages"]["truth"]
     assert at_truth["lesion"]["n_reference_lesions"] == haemorrhages > 0
-    assert at_truth["lesion"]["lesion_sensitivity"] == 1.0 and at_truth["lesion"]["n_fp_components"] == 0
+    # One component per image, painted over the whole field of view, finds one drawn lesion per image.
+    with_lesions = sum(any(lesion["type"] == "hemorrhages" for lesion in lesions) for lesions in drawn["images"].values())
+    assert at_truth["lesion"]["n_found_lesions"] == with_lesions and at_truth["lesion"]["n_fp_components"] == 0
     assert set(at_truth["froc"]["by_kind"]) <= {"dot_blot_haemorrhage", "flame_haemorrhage"}
     assert sum(group["n_lesions"] for group in at_truth["froc"]["by_annotators"].values()) == haemorrhages
     assert curves.froc_truth["hemorrhages"][0]["predicted_fov_share"] == 1.0

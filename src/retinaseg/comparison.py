@@ -30,11 +30,12 @@ LESION_RULES = {
     "froc": "the class's probability is thresholded at every value of a grid and cleaned as above; the sensitivity "
             "at a rate is the highest lesion sensitivity of any threshold with at most that many false-positive "
             "components per image; the CPM is its mean over 1/8, 1/4, 1/2, 1, 2, 4 and 8",
-    "outside marks": "the same FROC with a component counted as a false positive only when it touches no pixel "
-                     "that any annotator marked (the ignore regions of detection benchmarks): a lesion fewer "
-                     "annotators marked is no false alarm; the lesion-level operating point counts this way",
+    "outside marks": "the core's FROC where a component finds at most the one core lesion it overlaps most (a "
+                     "region painted over many lesions finds one) and is a false positive only when it touches no "
+                     "pixel that any annotator marked (the ignore regions of detection benchmarks: a lesion fewer "
+                     "annotators marked is no false alarm); the lesion-level operating point counts this way",
     "truth": "on synthetic data, the lesions the generator drew (before its simulated annotators marked or missed "
-             "them); one is found when a kept component touches a pixel of its ellipse or the pixel of its centre",
+             "them); a kept component finds the one drawn lesion whose ellipse (or centre pixel) it overlaps most",
     "image": "an image is positive for a class when its reference has any lesion pixel, and predicted "
              "positive when the prediction has a component",
     "empty": "scores with a zero denominator (e.g. Dice with empty reference and prediction) are null and "

@@ -7,6 +7,10 @@ and cleaned as evaluation cleans it (``postprocess.kept_labels``); at each thres
 reference lesion is found when a kept component touches one of its pixels, and a kept
 component touching no reference pixel is a false positive (the matching rule of
 ``metrics.lesion_counts``). The CPM is the mean sensitivity at 1/8 ... 8 FP per image.
+
+That rule rewards painting: one component over a region finds every lesion in it. So
+``Lesions`` can also credit each component with one lesion only, and spare the pixels
+any annotator marked from counting as false alarms (``RULE`` states each reading).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ CPM_RATES = {"1/8": 0.125, "1/4": 0.25, "1/2": 0.5, "1": 1.0, "2": 2.0, "4": 4.0
 SWEEP_THRESHOLDS = np.concatenate([postprocess.THRESHOLD_GRID, np.round(0.99 + np.arange(1, 10) * 0.001, 3)])
 #: How the curve is read at a false-positive rate; written into eval.json beside the figures.
 RULE = ("sensitivity at a rate = the highest lesion sensitivity of any swept threshold with at most that many "
-        "false-positive components per image (0 if none; predicting nothing is always possible); CPM = the "
-        "mean over 1/8, 1/4, 1/2, 1, 2, 4 and 8; a class's own probability is thresholded and cleaned as in "
-        "evaluation; a lesion is found when a kept component touches one of its pixels; a kept component "
-        "touching no reference pixel is a false positive")
+        "false-positive components per image (0 if none; predicting nothing is always possible); CPM = the mean "
+        "over 1/8, 1/4, 1/2, 1, 2, 4 and 8; a class's own probability is thresholded and cleaned as in evaluation. "
+        "core: a lesion is found when a kept component touches one of its pixels, a kept component touching no core "
+        "pixel is a false positive; core outside marks: a component finds at most the one lesion it overlaps most, "
+        "and is a false positive only when it touches no pixel any annotator marked; truth: a component finds at "
+        "most the one drawn lesion it overlaps most, and is a false positive when it touches none")
 
 
 @dataclass(frozen=True)
@@ -39,20 +45,23 @@ class Lesions:
 
     ``spared`` pixels are no lesion to find, but a component touching one is no false alarm
     either: the ignore regions of detection benchmarks (here, what any annotator marked).
+    With ``one_per_component`` a component finds at most one lesion (the one it overlaps most), as a
+    detection finds one finding: a component painted over a region of lesions finds one, not all.
     """
 
     pixels: np.ndarray
     owners: np.ndarray
     count: int
     spared: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    one_per_component: bool = False
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, spared: np.ndarray | None = None) -> Lesions:
+    def from_mask(cls, mask: np.ndarray, spared: np.ndarray | None = None, one_per_component: bool = False) -> Lesions:
         """Each 8-connected component of a boolean [H,W] reference is one lesion (the lesion core's rule)."""
         labels, count = ndimage.label(mask, structure=metrics.EIGHT_CONNECTED)
         pixels = np.flatnonzero(labels)
         spared_pixels = np.zeros(0, dtype=np.int64) if spared is None else np.flatnonzero(spared & ~mask)
-        return cls(pixels, labels.ravel()[pixels].astype(np.int64) - 1, int(count), spared_pixels)
+        return cls(pixels, labels.ravel()[pixels].astype(np.int64) - 1, int(count), spared_pixels, one_per_component)
 
 
 def match(labels: np.ndarray, keep: np.ndarray, lesions: Lesions) -> tuple[np.ndarray, int]:
@@ -60,10 +69,23 @@ def match(labels: np.ndarray, keep: np.ndarray, lesions: Lesions) -> tuple[np.nd
     flat = labels.ravel()
     hit = keep[flat[lesions.pixels]]
     found = np.zeros(lesions.count, dtype=bool)
-    found[lesions.owners[hit]] = True
+    if lesions.one_per_component:
+        found[_largest_overlaps(flat[lesions.pixels[hit]], lesions.owners[hit])] = True
+    else:
+        found[lesions.owners[hit]] = True
     touched = flat[np.concatenate([lesions.pixels[hit], lesions.spared])]
     touching = int(np.count_nonzero(keep[np.unique(touched)]))
     return found, int(keep.sum()) - touching
+
+
+def _largest_overlaps(components: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """Per component, the lesion it shares most pixels with (the lowest index on ties), from (component, lesion) pixel pairs."""
+    if not components.size:
+        return owners[:0]
+    pairs, overlap = np.unique(np.stack([components, owners]), axis=1, return_counts=True)
+    order = np.lexsort((pairs[1], -overlap, pairs[0]))
+    first = np.r_[True, pairs[0, order][1:] != pairs[0, order][:-1]]
+    return pairs[1, order][first]
 
 
 @dataclass(frozen=True)
@@ -183,11 +205,12 @@ def sweep(probability: np.ndarray, fov: np.ndarray, discs: Sequence[np.ndarray |
 def threshold_at_rate(probability: np.ndarray, reference: np.ndarray, marked: np.ndarray, fov: np.ndarray,
                       discs: Sequence[np.ndarray | None], min_component_px: int, rate: float) -> float:
     """The swept threshold that finds the most lesions of ``reference`` [N,H,W] with at most ``rate`` false
-    positives per image outside every annotator's mark (``marked`` [N,H,W]).
+    positives per image outside every annotator's mark (``marked`` [N,H,W]), each component finding one lesion
+    at most (so painting a region does not pay).
 
     Where even the highest threshold gives more false positives, the highest threshold.
     """
     swept = sweep(probability, fov, discs, min_component_px,
-                  [Lesions.from_mask(plane, spared) for plane, spared in zip(reference, marked)])
+                  [Lesions.from_mask(plane, spared, one_per_component=True) for plane, spared in zip(reference, marked)])
     index = swept.index_at(rate)
     return float(swept.thresholds[-1 if index is None else index])

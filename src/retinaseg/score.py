@@ -168,9 +168,9 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
             "samples": bootstrap.SAMPLES, "seed": bootstrap.SEED, "unit": "test image",
             "cpm_ci95": bootstrap.interval(core_sweep.resampled_cpm(resamples)),
             "f1_ci95": bootstrap.interval(bootstrap.dice(core_counts, resamples))}
-        if marked is not None:  # the same lesions, false positives only where no annotator marked anything
+        if marked is not None:  # the core's lesions, one per component; false positives only where nobody marked
             outside = froc.sweep(probabilities[..., plane], fov, sweep_discs, scoring.min_component_px,
-                                 [froc.Lesions.from_mask(ref, spared) for ref, spared in
+                                 [froc.Lesions.from_mask(ref, spared, one_per_component=True) for ref, spared in
                                   zip(core[..., plane], marked[..., plane])])
             summary[name]["core"]["froc_outside_marks"] = outside.summary()
             summary[name]["core"]["bootstrap"]["cpm_outside_marks_ci95"] = bootstrap.interval(
@@ -196,7 +196,7 @@ def _score_truth(probability: np.ndarray, predicted: np.ndarray, fov: np.ndarray
     found, false_positives = [], 0
     for plane, reference in zip(predicted, references):
         labels, keep = metrics.kept_components(plane, 1)
-        hits, fp = froc.match(labels, keep, reference)
+        hits, fp = froc.match(labels, keep, reference)  # one lesion per component, as in the sweep
         found.append(hits)
         false_positives += fp
     found = np.concatenate(found) if found else np.zeros(0, dtype=bool)

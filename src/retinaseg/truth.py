@@ -49,6 +49,7 @@ def footprints(lesions: Sequence[dict], crop_box: Sequence[float], image_size: i
     """The prepared pixels each lesion covers: pixel centres inside its ellipse, and always the pixel of its centre.
 
     So a lesion smaller than a prepared pixel (a microaneurysm at 256 px) still has one pixel to be found on.
+    Each predicted component finds one drawn lesion at most: a region painted over a cluster finds one.
     """
     x0, y0, x1, y1 = (float(value) for value in crop_box)
     scale_x, scale_y = image_size / (x1 - x0), image_size / (y1 - y0)
@@ -68,7 +69,8 @@ def footprints(lesions: Sequence[dict], crop_box: Sequence[float], image_size: i
         covered.add(centre_row * image_size + centre_col)
         pixels += sorted(covered)
         owners += [index] * len(covered)
-    return Lesions(np.asarray(pixels, dtype=np.int64), np.asarray(owners, dtype=np.int64), len(lesions))
+    return Lesions(np.asarray(pixels, dtype=np.int64), np.asarray(owners, dtype=np.int64), len(lesions),
+                   one_per_component=True)
 
 
 def groups(lesions: Sequence[dict]) -> dict[str, dict[str, np.ndarray]]:
