@@ -48,7 +48,7 @@ def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
     probabilities = core.astype(np.float32)
     probabilities[1, 1:3, 1:4] = 0.9  # 6 false-positive pixels beside 9 + 9 found
     task = Task("binary", {"hemorrhages": ("hemorrhages",)})
-    summary, _, _ = score(reference, probabilities, task, Scoring({"hemorrhages": 0.35}, "params", "fixed", None, 1.0, 1, False, 11),
+    summary, _, _ = score(reference, probabilities, task, Scoring({"hemorrhages": 0.35}, "params", "fixed", None, None, 1.0, 1, False, 11),
                           "binary", 0.75)
     write_json(tmp_path / "metrics" / "binary" / "eval.json", summary)
     write_json(tmp_path / "models" / "binary" / "run.json",

@@ -95,13 +95,17 @@ def test_groups_are_read_at_the_class_threshold_and_empty_groups_are_nan():
 def test_threshold_at_rate_finds_the_most_lesions_within_the_rate():
     reference, probability = _image()
     fov, unmarked = np.ones_like(reference), np.zeros((1, *reference.shape), bool)
-    at = lambda rate, marked=unmarked: froc.threshold_at_rate(probability[None], reference[None], marked, fov,
-                                                              [None], 1, rate)
+    at = lambda rate, marked=unmarked, area=100.0: froc.threshold_at_rate(probability[None], reference[None], marked,
+                                                                          fov, [None], 1, rate, area)
     assert at(1.0) == pytest.approx(0.5)  # the highest of the ties
     assert at(0.0) == pytest.approx(0.9)
     marked = unmarked.copy()
     marked[0, 9:13, 9:13] = True  # an annotator marked the false alarm's place: no false alarm there
     assert at(0.0, marked) == pytest.approx(0.5)
+    # The reference covers 18 pixels; at 0.5 the prediction covers 6 (2 lesion pixels, 4 of the false alarm),
+    # at 0.71 and above 1: an area bound of a quarter of the reference's leaves only the high thresholds.
+    assert at(1.0, area=0.25) == pytest.approx(0.9)
+    assert at(1.0, area=0.01) == froc.SWEEP_THRESHOLDS[-1]  # nothing qualifies: the highest threshold
 
 
 def test_a_component_on_a_spared_pixel_is_no_false_positive_and_no_lesion():

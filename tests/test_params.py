@@ -476,7 +476,7 @@ def test_safe_task_and_class_names_are_accepted(defaults, name):
 
 #: The top-level keys of eval.json, beside which each class's scores are written under the class name.
 EVAL_JSON_KEYS = ("macro", "micro", "per_image", "task", "variant", "thresholds", "threshold_source",
-                  "operating_point", "target_fp_per_image", "froc_rule", "threshold_beta", "min_component_px", "drop_on_optic_disc", "pr_thresholds", "core_threshold",
+                  "operating_point", "target_fp_per_image", "max_area_ratio", "froc_rule", "threshold_beta", "min_component_px", "drop_on_optic_disc", "pr_thresholds", "core_threshold",
                   "n_images", "lesion_classes")
 
 
@@ -498,6 +498,6 @@ def test_the_reserved_class_names_are_the_keys_eval_json_writes():
     reference = {"images": rng.integers(0, 255, (*shape[:3], 3), dtype=np.uint8), "fov": np.ones(shape[1:3], bool),
                  "ids": np.arange(1, 3), task.name: rng.random(shape) > 0.8,
                  f"core_{task.name}": rng.random(shape) > 0.9}
-    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, 1.0, 1, False, 11)
+    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, None, 1.0, 1, False, 11)
     summary, _, _ = score(reference, rng.random(shape).astype(np.float32), task, scoring, "v", 0.75)
     assert set(summary) - set(task.lesion_names) == set(params.EVAL_KEYS) == set(EVAL_JSON_KEYS)

@@ -22,7 +22,7 @@ TASKS = {task.name: task for task in (
     Task("binary", {"hemorrhages": ("hemorrhages",)}))}
 #: A lower core threshold than the pipeline's 0.75 keeps a few core pixels per class at 32 px.
 CORE_THRESHOLD = 0.5
-RULES = Scoring({"red": 0.4, "bright": 0.6}, "validation", "f_beta", None, 0.5, 2, True, 11)
+RULES = Scoring({"red": 0.4, "bright": 0.6}, "validation", "f_beta", None, None, 0.5, 2, True, 11)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_perfect_predictions_score_core_dice_1_without_false_positives(prepared,
     task = TASKS[name]
     core = reference(prepared, task)[f"core_{name}"]
     folder = write(tmp_path / name, prepared, core.astype(np.float32))
-    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, 1.0, 1, False, 101)
+    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, None, 1.0, 1, False, 101)
     summary, curves, predicted = score_folder(prepared, folder, task, scoring, name)
     np.testing.assert_array_equal(predicted[..., task.lesion_planes], core[..., task.lesion_planes].astype(bool))
     assert summary["variant"] == name and summary["core_threshold"] == CORE_THRESHOLD and summary["n_images"] == 3
@@ -125,7 +125,7 @@ def test_values_that_are_not_probabilities_are_one_line_errors(prepared, tmp_pat
     else:
         probabilities *= 255
     folder = write(tmp_path / "predictions", prepared, probabilities)
-    scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, 1.0, 1, False, 101)
+    scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, None, 1.0, 1, False, 101)
     one_line_error(lambda: score_folder(prepared, folder, task, scoring, "binary"), "image004.npy",
                    "outside [0, 1]")
 
@@ -158,7 +158,7 @@ def test_command_with_a_threshold_scores_every_class_at_it(prepared, tmp_path):
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "eval.json").read_text())
     expected, _, _ = score(reference(prepared, task), probabilities, task,
-                           Scoring({"hemorrhages": 0.7}, "argument", "fixed", None, 1.0, 1, False, 101), "mine", CORE_THRESHOLD)
+                           Scoring({"hemorrhages": 0.7}, "argument", "fixed", None, None, 1.0, 1, False, 101), "mine", CORE_THRESHOLD)
     assert written["variant"] == "mine" and written["threshold_source"] == "argument"
     assert written == json.loads(json.dumps(expected).replace("NaN", "null"))
 
@@ -199,7 +199,7 @@ def test_with_the_simulated_truth_each_class_is_also_scored_against_the_drawn_le
     haemorrhages = sum(lesion["type"] == "hemorrhages" for lesions in drawn["images"].values() for lesion in lesions)
     everywhere = np.ones((2, 64, 64, 1), np.float32)  # one component over the whole field of view
     folder = write_predictions(tmp_path / "all", [3, 4], everywhere) or tmp_path / "all"
-    scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, 1.0, 1, False, 11)
+    scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, None, 1.0, 1, False, 11)
     summary, curves, _ = score_folder(realistic, folder, Task("binary", {"hemorrhages": ()}), scoring, "all")
     json.dumps(summary, allow_nan=True)  # what eval.json gets: plain Python numbers only
     at_truth = summary["hemorrhages"]["truth"]
@@ -220,5 +220,5 @@ def test_without_a_truth_file_nothing_is_scored_against_it(prepared, tmp_path):
     task = TASKS["binary"]
     folder = write(tmp_path / "p", prepared, noisy(prepared, task))
     summary, curves, _ = score_folder(prepared, folder, task,
-                                      Scoring({"hemorrhages": 0.5}, "params", "fixed", None, 1.0, 1, False, 11), "p")
+                                      Scoring({"hemorrhages": 0.5}, "params", "fixed", None, None, 1.0, 1, False, 11), "p")
     assert "truth" not in summary["hemorrhages"] and curves.froc_truth == {}

@@ -58,7 +58,8 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     ``fp_per_image`` the threshold that finds the most core lesions with at most
     ``target_fp_per_image`` false-positive components per image outside every annotator's
     mark (``froc``; a component on a lesion that fewer annotators marked is not a false alarm:
-    on synthetic data this count follows the false alarms against the drawn lesions), with
+    on synthetic data this count follows the false alarms against the drawn lesions) and a
+    predicted area at most ``max_area_ratio`` times the core's, with
     ``f_beta`` the best pixel F-beta (``threshold_beta``).
     """
     task, variant = trained.task, trained.run.get("variant", trained.source)
@@ -81,10 +82,11 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
         rule = f"best pixel F{params.threshold_beta:g}"
     else:
         chosen = [froc.threshold_at_rate(probabilities[..., plane], core[..., plane], marked[..., plane], fov,
-                                         discs, params.min_component_px, params.target_fp_per_image)
+                                         discs, params.min_component_px, params.target_fp_per_image,
+                                         params.max_area_ratio)
                   for plane in task.lesion_planes]
         rule = (f"most core lesions with at most {params.target_fp_per_image:g} false positives per image outside "
-                "every annotator's mark")
+                f"every annotator's mark and at most {params.max_area_ratio:g}x the core's area")
     print(f"evaluate {variant}: thresholds chosen on {rows.sum()} validation images ({rule}): "
           + ", ".join(f"{name} {value:.3f}" for name, value in zip(task.lesion_names, chosen)))
     return chosen, "validation"
@@ -104,7 +106,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, predicti
     tracking.require_run(run_id, model_dir)  # first: a store that cannot be used stops the stage before any work
     thresholds, source = choose_thresholds(trained, prepared_dir, params)
     scoring = Scoring(dict(zip(task.lesion_names, thresholds)), source, params.operating_point,
-                      params.target_fp_per_image, params.threshold_beta, params.min_component_px,
+                      params.target_fp_per_image, params.max_area_ratio, params.threshold_beta, params.min_component_px,
                       params.drop_on_optic_disc, params.pr_thresholds)
     test = load_set(prepared_dir / "test", task.name, core=True)
     write_predictions(predictions_dir, test["ids"].tolist(), predict(trained.model, test["images"]))

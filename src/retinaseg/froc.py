@@ -203,14 +203,21 @@ def sweep(probability: np.ndarray, fov: np.ndarray, discs: Sequence[np.ndarray |
 
 
 def threshold_at_rate(probability: np.ndarray, reference: np.ndarray, marked: np.ndarray, fov: np.ndarray,
-                      discs: Sequence[np.ndarray | None], min_component_px: int, rate: float) -> float:
+                      discs: Sequence[np.ndarray | None], min_component_px: int, rate: float,
+                      max_area_ratio: float) -> float:
     """The swept threshold that finds the most lesions of ``reference`` [N,H,W] with at most ``rate`` false
     positives per image outside every annotator's mark (``marked`` [N,H,W]), each component finding one lesion
-    at most (so painting a region does not pay).
+    at most, and with a predicted area at most ``max_area_ratio`` times the reference's.
 
-    Where even the highest threshold gives more false positives, the highest threshold.
+    Lesion counts alone cannot tell painting on validation images whose reference is itself regions: the area
+    bound can (and keeps the choice steady where a handful of images gives few false positives to count).
+    Where no threshold qualifies, the highest one.
     """
     swept = sweep(probability, fov, discs, min_component_px,
                   [Lesions.from_mask(plane, spared, one_per_component=True) for plane, spared in zip(reference, marked)])
-    index = swept.index_at(rate)
-    return float(swept.thresholds[-1 if index is None else index])
+    reference_share = np.count_nonzero(reference & fov) / (len(reference) * max(int(np.count_nonzero(fov)), 1))
+    allowed = (swept.fp_per_image <= rate + 1e-12) & (swept.predicted_fov_share <= max_area_ratio * reference_share)
+    if not allowed.any():
+        return float(swept.thresholds[-1])
+    found = np.where(allowed, swept.found.sum(axis=1), -1)
+    return float(swept.thresholds[np.flatnonzero(found == found.max())[-1]])

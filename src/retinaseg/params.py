@@ -30,7 +30,7 @@ MULTICLASS_LOSSES = ("cce", "weighted_cce")
 SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 #: Top-level keys of eval.json, where each lesion class's scores sit beside them under the class name.
 EVAL_KEYS = ("macro", "micro", "per_image", "task", "variant", "thresholds", "threshold_source", "threshold_beta",
-             "operating_point", "target_fp_per_image", "froc_rule",
+             "operating_point", "target_fp_per_image", "max_area_ratio", "froc_rule",
              "min_component_px", "drop_on_optic_disc", "pr_thresholds", "core_threshold", "n_images",
              "lesion_classes")
 #: The numeric floats of ruamel's YAML 1.2 resolver, which DVC reads params with. YAML 1.1 reads some of them
@@ -214,6 +214,7 @@ class EvaluateParams(Block):
         description="auto (chosen on the validation images for evaluate.operating_point) | a probability from 0 to 1")]
     operating_point: choice("fp_per_image", "f_beta")
     target_fp_per_image: number(0.0, 100.0)
+    max_area_ratio: number(0.1, 1000.0)
     threshold_beta: number(0.1, 10.0)
     n_overlays: integer(0, 100)
     min_component_px: integer(1, 100000)

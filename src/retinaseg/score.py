@@ -39,6 +39,7 @@ class Scoring:
     threshold_source: str
     operating_point: str
     target_fp_per_image: float | None
+    max_area_ratio: float | None
     threshold_beta: float
     min_component_px: int
     drop_on_optic_disc: bool
@@ -55,7 +56,8 @@ class Scoring:
             summary = json.loads(path.read_text())
             return cls({name: float(summary["thresholds"][name]) for name in lesion_names},
                        str(summary["threshold_source"]), str(summary["operating_point"]),
-                       _optional(summary["target_fp_per_image"]), float(summary["threshold_beta"]),
+                       _optional(summary["target_fp_per_image"]), _optional(summary["max_area_ratio"]),
+                       float(summary["threshold_beta"]),
                        int(summary["min_component_px"]), bool(summary["drop_on_optic_disc"]),
                        int(summary["pr_thresholds"]))
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -280,7 +282,7 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     task = reference_task(args.reference, args.task)
     scoring = (Scoring.from_eval_json(args.rules, task.lesion_names) if args.rules else
-               Scoring(dict.fromkeys(task.lesion_names, args.threshold), "argument", "fixed", None, 1.0, 1,
+               Scoring(dict.fromkeys(task.lesion_names, args.threshold), "argument", "fixed", None, None, 1.0, 1,
                        False, 101))
     summary, _, _ = score_folder(args.reference, args.predictions, task, scoring,
                                  args.variant or args.predictions.name)
