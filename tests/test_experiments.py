@@ -35,9 +35,12 @@ def test_bad_param_fails_before_work_naming_the_key(workspace):
 
 @pytest.mark.slow
 def test_experiment_is_listed_with_its_params(workspace):
-    run(["dvc", "exp", "run", "-S", "evaluate.threshold_beta=1", "--name", "f1-thresholds"], workspace)
+    run(["dvc", "exp", "run", "-S", "evaluate.operating_point=f_beta", "-S", "evaluate.threshold_beta=1",
+         "--name", "f1-thresholds"], workspace)
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], workspace).stdout
-    assert "f1-thresholds" in shown and "evaluate.threshold_beta" in shown
+    assert "f1-thresholds" in shown and "evaluate.threshold_beta" in shown and "evaluate.operating_point" in shown
+    evaluation = json.loads((workspace / "metrics" / "eval" / "binary" / "eval.json").read_text())
+    assert evaluation["operating_point"] == "f_beta" and evaluation["threshold_beta"] == 1.0
 
 
 @pytest.mark.slow
