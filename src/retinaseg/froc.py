@@ -182,24 +182,34 @@ def _mean(values) -> float:
 def sweep(probability: np.ndarray, fov: np.ndarray, discs: Sequence[np.ndarray | None], min_component_px: int,
           references: Sequence[Lesions], thresholds: np.ndarray = SWEEP_THRESHOLDS) -> Sweep:
     """Detections of one class over ``thresholds``: probabilities [N,H,W], one reference and disc per image."""
-    offsets = np.cumsum([0, *(reference.count for reference in references)])
-    found = np.zeros((len(thresholds), offsets[-1]), dtype=bool)
-    false_positives = np.zeros((len(references), len(thresholds)), dtype=np.int64)
+    return sweeps(probability, fov, discs, min_component_px, {"": references}, thresholds)[""]
+
+
+def sweeps(probability: np.ndarray, fov: np.ndarray, discs: Sequence[np.ndarray | None], min_component_px: int,
+           references: Mapping[str, Sequence[Lesions]], thresholds: np.ndarray = SWEEP_THRESHOLDS) -> dict[str, Sweep]:
+    """``sweep`` against several references at once (core, truth, ...): each threshold is cleaned once for all."""
+    counted = {}
+    for name, per_image in references.items():
+        offsets = np.cumsum([0, *(reference.count for reference in per_image)])
+        counted[name] = (offsets, np.zeros((len(thresholds), offsets[-1]), dtype=bool),
+                         np.zeros((len(probability), len(thresholds)), dtype=np.int64))
     predicted = np.zeros(len(thresholds), dtype=np.int64)
-    for image, (plane, disc, reference) in enumerate(zip(probability, discs, references)):
+    for image, (plane, disc) in enumerate(zip(probability, discs)):
         levels = np.asarray(thresholds, dtype=plane.dtype)  # compared as threshold_masks compares them
         top = plane[fov].max() if fov.any() else -np.inf
         for index, threshold in enumerate(levels):
             if threshold > top:  # nothing passes here or above: no detection, no false alarm
                 break
             labels, keep = postprocess.kept_labels(plane >= threshold, fov, min_component_px, disc)
-            found[index, offsets[image]:offsets[image + 1]], fp = match(labels, keep, reference)
-            false_positives[image, index] = fp
             predicted[index] += np.count_nonzero(keep[labels])
-    lesion_image = np.repeat(np.arange(len(references)), np.diff(offsets))
+            for name, (offsets, found, false_positives) in counted.items():
+                found[index, offsets[image]:offsets[image + 1]], false_positives[image, index] = match(
+                    labels, keep, references[name][image])
     # The predicted area beside each point shows a model that finds lesions by painting regions.
-    share = predicted / max(len(references) * int(np.count_nonzero(fov)), 1)
-    return Sweep(np.asarray(thresholds, dtype=float), found, lesion_image, false_positives, share)
+    share = predicted / max(len(probability) * int(np.count_nonzero(fov)), 1)
+    return {name: Sweep(np.asarray(thresholds, dtype=float), found,
+                        np.repeat(np.arange(len(probability)), np.diff(offsets)), false_positives, share)
+            for name, (offsets, found, false_positives) in counted.items()}
 
 
 def threshold_at_rate(probability: np.ndarray, reference: np.ndarray, marked: np.ndarray, fov: np.ndarray,

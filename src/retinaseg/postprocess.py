@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from retinaseg import metrics
 from retinaseg.tasks import lesion_planes
@@ -94,11 +93,14 @@ def kept_labels(mask: np.ndarray, fov: np.ndarray, min_component_px: int,
     The rule of ``clean``: big enough, and, given ``disc``, not centred on the optic disc.
     """
     labels, keep = metrics.kept_components(mask & fov, min_component_px)
-    count = len(keep) - 1
-    if disc is not None and count:
-        centres = ndimage.center_of_mass(np.ones_like(labels), labels, range(1, count + 1))
-        rows, cols = np.rint(np.asarray(centres)).astype(int).T
-        keep[1:] &= ~disc[rows, cols]
+    if disc is not None and len(keep) > 1:
+        # Centres of mass from pixel sums per label: what ndimage.center_of_mass gives, several times faster.
+        flat = labels.ravel()
+        rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
+        sizes = np.maximum(np.bincount(flat, minlength=len(keep)), 1)
+        centre_rows = np.rint(np.bincount(flat, rows, len(keep)) / sizes).astype(int)
+        centre_cols = np.rint(np.bincount(flat, cols, len(keep)) / sizes).astype(int)
+        keep[1:] &= ~disc[centre_rows[1:], centre_cols[1:]]
     return labels, keep
 
 

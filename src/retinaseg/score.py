@@ -162,58 +162,74 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
         summary[name]["lesion"] = metrics.summarize_lesions(lesions)
         summary[name]["core"], core_per_image, curves.pr[name] = _score_core(
             probabilities[..., plane], core[..., plane], predicted[..., plane], fov, discs, scoring)
-        core_sweep = froc.sweep(probabilities[..., plane], fov, sweep_discs, scoring.min_component_px,
-                                [froc.Lesions.from_mask(ref) for ref in core[..., plane]])
-        summary[name]["core"]["froc"], curves.froc[name] = core_sweep.summary(), core_sweep.curve()
-        core_counts = np.array([[entry[key] for key in metrics.COUNT_NAMES] for entry in core_per_image])
-        summary[name]["core"]["bootstrap"] = {
-            "samples": bootstrap.SAMPLES, "seed": bootstrap.SEED, "unit": "test image",
-            "cpm_ci95": bootstrap.interval(core_sweep.resampled_cpm(resamples)),
-            "f1_ci95": bootstrap.interval(bootstrap.dice(core_counts, resamples))}
-        if marked is not None:  # the core's lesions, one per component; false positives only where nobody marked
-            outside = froc.sweep(probabilities[..., plane], fov, sweep_discs, scoring.min_component_px,
-                                 [froc.Lesions.from_mask(ref, spared, one_per_component=True) for ref, spared in
-                                  zip(core[..., plane], marked[..., plane])])
-            summary[name]["core"]["froc_outside_marks"] = outside.summary()
-            summary[name]["core"]["bootstrap"]["cpm_outside_marks_ci95"] = bootstrap.interval(
-                outside.resampled_cpm(resamples))
-            curves.froc_outside_marks[name] = outside.curve()
+        drawn = ([truth.class_lesions(simulated, image_id, task.classes[name]) for image_id in ids]
+                 if simulated is not None and task.classes[name] else None)
+        references = _references(core[..., plane], None if marked is None else marked[..., plane], drawn, simulated)
+        swept = froc.sweeps(probabilities[..., plane], fov, sweep_discs, scoring.min_component_px, references)
+        _add_detection(summary[name]["core"], swept, core_per_image, resamples)
+        curves.froc[name] = swept["core"].curve()
+        if "outside_marks" in swept:
+            curves.froc_outside_marks[name] = swept["outside_marks"].curve()
         for entry, counted, at_core in zip(summary["per_image"], lesions, core_per_image):
             entry[name]["lesions"] = counted
             entry[name]["core"] = at_core
-        if simulated is not None and task.classes[name]:
-            summary[name]["truth"], curves.froc_truth[name] = _score_truth(
-                probabilities[..., plane], predicted[..., plane], fov, sweep_discs, ids, simulated,
-                task.classes[name], scoring.min_component_px, resamples)
+        if drawn is not None:
+            summary[name]["truth"] = _score_truth(swept["truth"], predicted[..., plane], drawn, references["truth"],
+                                                  resamples)
+            curves.froc_truth[name] = swept["truth"].curve()
     return summary, curves, predicted
 
 
-def _score_truth(probability: np.ndarray, predicted: np.ndarray, fov: np.ndarray, discs: list, ids: list[int],
-                 simulated: dict, lesion_types: list[str], min_component_px: int,
-                 resamples: np.ndarray) -> tuple[dict, list[dict]]:
-    """One class against the lesions the generator drew: FROC by kind, size and annotators, and the operating point."""
-    drawn = [truth.class_lesions(simulated, image_id, lesion_types) for image_id in ids]
-    references = [truth.footprints(lesions, simulated["crop_box"], simulated["image_size"]) for lesions in drawn]
-    swept = froc.sweep(probability, fov, discs, min_component_px, references)
+def _references(core: np.ndarray, marked: np.ndarray | None, drawn: list[list[dict]] | None,
+                simulated: dict | None) -> dict[str, list[froc.Lesions]]:
+    """The lesions each FROC of one class counts: the core's components; the same, one per component, with what
+    any annotator marked spared (``marked`` [N,S,S]); the drawn lesions of synthetic data."""
+    references = {"core": [froc.Lesions.from_mask(plane) for plane in core]}
+    if marked is not None:
+        references["outside_marks"] = [froc.Lesions.from_mask(plane, spared, one_per_component=True)
+                                       for plane, spared in zip(core, marked)]
+    if drawn is not None:
+        references["truth"] = [truth.footprints(lesions, simulated["crop_box"], simulated["image_size"])
+                               for lesions in drawn]
+    return references
+
+
+def _add_detection(at_core: dict, swept: dict[str, froc.Sweep], per_image: list[dict], resamples: np.ndarray) -> None:
+    """In place: the core's FROC summaries and their bootstrap intervals (CPM, and Dice from the per-image counts)."""
+    counts = np.array([[entry[key] for key in metrics.COUNT_NAMES] for entry in per_image])
+    at_core["froc"] = swept["core"].summary()
+    at_core["bootstrap"] = {"samples": bootstrap.SAMPLES, "seed": bootstrap.SEED, "unit": "test image",
+                            "cpm_ci95": bootstrap.interval(swept["core"].resampled_cpm(resamples)),
+                            "f1_ci95": bootstrap.interval(bootstrap.dice(counts, resamples))}
+    if "outside_marks" in swept:
+        at_core["froc_outside_marks"] = swept["outside_marks"].summary()
+        at_core["bootstrap"]["cpm_outside_marks_ci95"] = bootstrap.interval(
+            swept["outside_marks"].resampled_cpm(resamples))
+
+
+def _score_truth(swept: froc.Sweep, predicted: np.ndarray, drawn: list[list[dict]], references: list[froc.Lesions],
+                 resamples: np.ndarray) -> dict:
+    """One class against the lesions the generator drew: the FROC by kind, size and annotators, and the operating
+    point (the cleaned masks [N,S,S]), matched as in the sweep."""
     found, false_positives = [], 0
     for plane, reference in zip(predicted, references):
         labels, keep = metrics.kept_components(plane, 1)
-        hits, fp = froc.match(labels, keep, reference)  # one lesion per component, as in the sweep
+        hits, fp = froc.match(labels, keep, reference)
         found.append(hits)
         false_positives += fp
     found = np.concatenate(found) if found else np.zeros(0, dtype=bool)
-    pooled = [lesion for lesions in drawn for lesion in lesions]
+    selected = truth.groups([lesion for lesions in drawn for lesion in lesions])
     at_point = {"lesion_sensitivity": float(found.mean()) if found.size else None,
-                "fp_components_per_image": false_positives / len(ids),
+                "fp_components_per_image": false_positives / len(predicted),
                 "n_reference_lesions": int(found.size), "n_found_lesions": int(found.sum()),
-                "n_fp_components": false_positives, "n_images": len(ids),
+                "n_fp_components": false_positives, "n_images": len(predicted),
                 **{f"by_{grouping}": {group: {"lesion_sensitivity": float(found[chosen].mean()) if chosen.any() else None,
                                               "n_lesions": int(chosen.sum())}
-                                      for group, chosen in selected.items()}
-                   for grouping, selected in truth.groups(pooled).items()}}
+                                      for group, chosen in groups.items()}
+                   for grouping, groups in selected.items()}}
     interval = {"samples": bootstrap.SAMPLES, "seed": bootstrap.SEED, "unit": "test image",
                 "cpm_ci95": bootstrap.interval(swept.resampled_cpm(resamples))}
-    return {"lesion": at_point, "froc": swept.summary(truth.groups(pooled)), "bootstrap": interval}, swept.curve()
+    return {"lesion": at_point, "froc": swept.summary(selected), "bootstrap": interval}
 
 
 def _score_core(probability: np.ndarray, core: np.ndarray, predicted: np.ndarray, fov: np.ndarray,
