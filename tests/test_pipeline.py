@@ -108,6 +108,9 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
         assert {"evaluation/eval.json", "evaluation/overlays", "evaluation/pr_curves"} <= set(artifacts)
         assert "test_hemorrhages_f1" in run.data.metrics or "test_red_f1" in run.data.metrics
         assert any(name.endswith("_core_predicted_fov_share") for name in run.data.metrics)
+        for figure in ("core_cpm", "core_sensitivity_at_1_fp", "core_outside_marks_cpm", "truth_cpm"):
+            assert any(name.endswith(f"_{figure}") for name in run.data.metrics), figure
+        assert {"evaluation/froc"} <= set(artifacts)
         comparison = [a.path for a in client.list_artifacts(run.info.run_id, "comparison")]
         assert comparison == ["comparison/comparison.md", "comparison/comparison.png"]
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")

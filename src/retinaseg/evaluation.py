@@ -164,12 +164,12 @@ def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
         groups = {"test_{name}_{score}": {**scores["micro"], **scores["lesion"]},
                   "test_{name}_{score}_per_image": scores["per_image_mean"],
                   "test_{name}_core_{score}": {**scores["core"]["micro"], **scores["core"]["lesion"],
-                            "auc_pr": scores["core"]["pr"]["auc_pr"], **_detection(scores["core"]["froc"]),
+                            "auc_pr": scores["core"]["pr"]["auc_pr"], **_froc_figures(scores["core"]["froc"]),
                             **{f"outside_marks_{key}": value for key, value in
-                               _detection(scores["core"].get("froc_outside_marks", {})).items()},
+                               _froc_figures(scores["core"].get("froc_outside_marks", {})).items()},
                             **{key: scores["core"][key] for key in ("predicted_fov_share", "area_ratio")}}}
         if "truth" in scores:
-            groups["test_{name}_truth_{score}"] = {**_detection(scores["truth"]["froc"]),
+            groups["test_{name}_truth_{score}"] = {**_froc_figures(scores["truth"]["froc"]),
                                                    **{key: scores["truth"]["lesion"][key] for key in
                                                       ("lesion_sensitivity", "fp_components_per_image")}}
         for pattern, values in groups.items():
@@ -182,6 +182,6 @@ def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def _detection(summary: dict[str, Any]) -> dict[str, float]:
+def _froc_figures(summary: dict[str, Any]) -> dict[str, float]:
     """The FROC figures MLflow gets: the CPM and the sensitivity at 1 and 2 false positives per image."""
     return {key: summary[key] for key in ("cpm", "sensitivity_at_1_fp", "sensitivity_at_2_fp") if key in summary}
