@@ -25,14 +25,20 @@ CORE_THRESHOLD = 0.5
 RULES = Scoring({"red": 0.4, "bright": 0.6}, "validation", "f_beta", None, None, 0.5, 2, True, 11)
 
 
+def generate_and_prepare(root, *, num_images, size, style, image_size, train_ids, tasks):
+    """A synthetic set generated under ``root/raw`` and prepared into ``root/prepared``; its manifest."""
+    generate(root / "raw", num_images=num_images, size=size, seed=0, style=style)
+    params = PrepareParams(threshold=0.1, core_threshold=CORE_THRESHOLD, image_size=image_size, crop_to_fundus=True,
+                           train_ids=train_ids)
+    return prepare_dataset(root / "raw", root / "prepared", tasks=tasks, params=params, workers=1)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """Six easy synthetic images prepared at 32 px: train 1-3, test 4-6."""
     root = tmp_path_factory.mktemp("score")
-    generate(root / "raw", num_images=6, size=(150, 116), seed=0, style="easy")
-    params = PrepareParams(threshold=0.1, core_threshold=CORE_THRESHOLD, image_size=32, crop_to_fundus=True,
-                           train_ids="1-3")
-    manifest = prepare_dataset(root / "raw", root / "prepared", tasks=list(TASKS.values()), params=params, workers=1)
+    manifest = generate_and_prepare(root, num_images=6, size=(150, 116), style="easy", image_size=32,
+                                    train_ids="1-3", tasks=list(TASKS.values()))
     for task in TASKS.values():  # every class has core pixels to find in the test split
         assert all(count > 0 for count in manifest["tasks"][task.name]["core_pixels"]["test"].values())
     return root / "prepared" / "test"
@@ -186,10 +192,8 @@ def test_command_errors_are_one_line(prepared, tmp_path, problem):
 def realistic(tmp_path_factory):
     """Four realistic synthetic images with the simulator's truth, prepared at 64 px: train 1-2, test 3-4."""
     root = tmp_path_factory.mktemp("truth")
-    generate(root / "raw", num_images=4, size=(300, 230), seed=0, style="realistic")
-    params = PrepareParams(threshold=0.1, core_threshold=CORE_THRESHOLD, image_size=64, crop_to_fundus=True,
-                           train_ids="1-2")
-    prepare_dataset(root / "raw", root / "prepared", tasks=[TASKS["binary"]], params=params, workers=1)
+    generate_and_prepare(root, num_images=4, size=(300, 230), style="realistic", image_size=64, train_ids="1-2",
+                         tasks=[TASKS["binary"]])
     return root / "prepared" / "test"
 
 
