@@ -163,16 +163,20 @@ def trained(tmp_path_factory):
                 process.wait()
 
 
+def saved_unit(run: Path, epoch: int) -> Path:
+    """The progress unit of ``epoch`` in the copy of ``run``'s checkpoints taken after that epoch."""
+    return run.with_name(f"{run.name}_epoch{epoch}") / f"epoch-{epoch:04d}"
+
+
 def curve(run: Path, epoch: int) -> dict[str, np.ndarray]:
     """The epoch curve as ``run`` saved it after ``epoch``."""
-    rows = [line.split("\t") for line in (run.with_name(f"{run.name}_epoch{epoch}") / "train_curve.tsv").read_text()
-            .splitlines()]
+    rows = [line.split("\t") for line in (saved_unit(run, epoch) / "train_curve.tsv").read_text().splitlines()]
     return {name: np.array([float(row[column]) for row in rows[1:]]) for column, name in enumerate(rows[0])}
 
 
 def state(run: Path, epoch: int, kind: str = "variables") -> list[np.ndarray]:
     """The model's variables, or the optimizer's, as ``run`` saved them after ``epoch``."""
-    with np.load(run.with_name(f"{run.name}_epoch{epoch}") / f"{kind}.npz") as saved:
+    with np.load(saved_unit(run, epoch) / f"{kind}.npz") as saved:
         return [saved[f"v{index}"] for index in range(len(saved.files))]
 
 
@@ -240,7 +244,6 @@ def test_multi_worker_starts_a_killed_run_afresh_and_ends_it(tmp_path, monkeypat
     from mlflow import MlflowClient
 
     from retinaseg import tracking, training
-    from retinaseg.atomic import write_json
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     experiment, client = tracking.setup(), MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -249,8 +252,10 @@ def test_multi_worker_starts_a_killed_run_afresh_and_ends_it(tmp_path, monkeypat
         data.write_text("{}")
     folder, inputs = tmp_path / "checkpoints", ({}, "binary", None, tmp_path, tmp_path)
     progress, _ = training._progress(folder, *inputs, resumable=True)
-    progress.start()
-    write_json(folder / "state.json", {"signature": progress.signature, "epoch": 3, "run_id": killed, "history": []})
+    progress.start(killed)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    progress.save(3, killed, [], model)
     assert training._progress(folder, *inputs, resumable=True)[1]["epoch"] == 3, "resumed on one machine"
     assert training._progress(folder, *inputs, resumable=False)[1] is None
     assert "the 3 epoch(s) a killed run left" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from retinaseg.errors import PipelineError
+from retinaseg.errors import PipelineError, Stopped
 
 
 def quiet_tensorflow() -> None:
@@ -19,10 +19,14 @@ quiet_tensorflow()
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's ``main(argv)``; a PipelineError exits 1 with ``error: <message>``."""
+    """Run a stage's ``main(argv)``; a PipelineError exits 1 with ``error: <message>``, a Stopped stage with
+    its own line and exit code."""
     quiet_tensorflow()
     try:
         main(sys.argv[1:])
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except Stopped as stopped:
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)

@@ -257,13 +257,17 @@ def require_run(run_id: str, model_dir: Path) -> None:
                             "MLFLOW_TRACKING_URI at the store that holds it") from None
 
 
-def end_run(run_id: str, status: str) -> None:
-    """End a run left open by a killed process (``KILLED``), so the store does not show it running forever."""
+def end_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    """End a run left open by a killed process (``KILLED``), so the store does not show it running forever;
+    ``tags`` say why."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        MlflowClient(tracking_uri()).set_terminated(run_id, status)
+        client = MlflowClient(tracking_uri())
+        for key, value in (tags or {}).items():
+            client.set_tag(run_id, key, value)
+        client.set_terminated(run_id, status)
     except MlflowException:
         pass  # not in this store (another machine's, or deleted): nothing is left running here
 

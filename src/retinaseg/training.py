@@ -16,10 +16,11 @@ import tensorflow as tf
 from retinaseg import distribute, hardware, losses, resume, tracking
 from retinaseg.arrays import TARGET_SCALE, load_set
 from retinaseg.atomic import atomic_path, write_json
-from retinaseg.errors import PipelineError
+from retinaseg.errors import PipelineError, Stopped
 from retinaseg.model import build_unet, is_encoder_layer, transfer_weights
 from retinaseg.params import ModelParams, TrainParams
 from retinaseg.resume import Progress, SaveProgress
+from retinaseg.stopping import PoliteStop, StopRequested
 from retinaseg.tasks import Task
 from retinaseg.trained import load_trained
 
@@ -185,41 +186,64 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
         return _train_in_step(model, task, train_params, data, frozen_epochs, weights)
     import mlflow
 
-    progress, state = _progress(outputs.progress_dir, logged_params, variant, source, prepared_dir, augmented_dir,
-                                distribute.resumes(train_params.distribute))
-    print(f"train {variant}: {model.name}, {model.count_params():,} parameters, {precision}, "
-          f"{len(data.train_x)} training rows from {data.train_images} images, {len(data.val_x)} validation images"
-          + (f"; resuming after epoch {state['epoch']}" if state else ""))
-    monitor = "val_dice" if len(data.val_ids) else "dice"
-    with (_start_run(experiment_id, variant, _tags(task, source), state) as run,
-          atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.curve_path) as curve):
-        tracking.log_params({**logged_params, **_run_params(variant, task, model, data, weights, source),
-                             "mixed_precision_used": precision, "train.distribute": train_params.distribute,
-                             "replicas": distribute.replicas(strategy)})
-        epochs = _resumed(model, progress, state)
-        started = time.perf_counter()
-        fit_phases(model, task, train_params, data, _callbacks(progress, monitor, run.info.run_id, epochs),
-                   frozen_epochs, weights, progress, done=state["epoch"] if state else 0)
-        seconds = time.perf_counter() - started
-        progress.hand_over(out / "model.keras", curve)
-        best_epoch = int(np.argmax([logs[monitor] for logs in epochs]))
-        summary = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": tracking.tracking_uri(),
-                   "variant": variant, "task": task.name, "classes": task.plane_names,
-                   "val_ids": data.val_ids.tolist(), "image_size": data.train_x.shape[1],
-                   "crop_to_fundus": _crop_to_fundus(prepared_dir),
-                   "init_from": source["task"] if source else "scratch",
-                   "init_from_run_id": source["run_id"] if source else None,
-                   "frozen_encoder_epochs": frozen_epochs, "mixed_precision": precision,
-                   "parameters": model.count_params(), "train_seconds": round(seconds, 1),
-                   "epochs": len(epochs), "best_epoch": best_epoch + 1,
-                   f"best_{monitor}": epochs[best_epoch][monitor]}
-        _log_results(summary, seconds, monitor, out / "model.keras", data.train_x[:1], unfreeze=bool(frozen_epochs))
-        write_json(out / "run.json", summary)
-        mlflow.log_artifact(str(out / "run.json"))
-    progress.clear()
-    print(f"train {variant}: best {monitor} {summary[f'best_{monitor}']:.3f} at epoch {best_epoch + 1}, "
+    with resume.exclusive(outputs.progress_dir, f"model {variant}"), PoliteStop() as stop:
+        progress, state = _progress(outputs.progress_dir, logged_params, variant, source, prepared_dir,
+                                    augmented_dir, distribute.resumes(train_params.distribute))
+        print(f"train {variant}: {model.name}, {model.count_params():,} parameters, {precision}, "
+              f"{len(data.train_x)} training rows from {data.train_images} images, {len(data.val_x)} validation "
+              "images" + (f"; resuming after epoch {state['epoch']}" if state else ""))
+        monitor = "val_dice" if len(data.val_ids) else "dice"
+        epochs = list(state["history"]) if state else []
+        try:
+            with (_start_run(experiment_id, variant, _tags(task, source), state) as run,
+                  atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.curve_path) as curve):
+                tracking.log_params({**logged_params, **_run_params(variant, task, model, data, weights, source),
+                                     "mixed_precision_used": precision, "train.distribute": train_params.distribute,
+                                     "replicas": distribute.replicas(strategy)})
+                _resume(model, progress, state, run.info.run_id)
+                started = time.perf_counter()
+                callbacks = _callbacks(progress, monitor, run.info.run_id, epochs, stop)
+                fit_phases(model, task, train_params, data, callbacks, frozen_epochs, weights, progress,
+                           done=state["epoch"] if state else 0)
+                seconds = time.perf_counter() - started
+                progress.hand_over(out / "model.keras", curve)
+                summary = {"run_id": run.info.run_id, "experiment_id": experiment_id,
+                           "tracking_uri": tracking.tracking_uri(), "variant": variant,
+                           **_described(task, data, model, prepared_dir, source, frozen_epochs, precision),
+                           "train_seconds": round(seconds, 1), **_best_epoch(epochs, monitor)}
+                _log_results(summary, seconds, monitor, out / "model.keras", data.train_x[:1],
+                             unfreeze=bool(frozen_epochs))
+                write_json(out / "run.json", summary)
+                mlflow.log_artifact(str(out / "run.json"))
+        except StopRequested as stopped:
+            raise _stopped(variant, stopped, run.info.run_id, len(epochs)) from None
+        progress.clear()
+    print(f"train {variant}: best {monitor} {summary[f'best_{monitor}']:.3f} at epoch {summary['best_epoch']}, "
           f"{seconds:.0f} s; MLflow run {run.info.run_id}")
     return summary
+
+
+def _described(task: Task, data: TrainingData, model, prepared_dir: Path, source: dict[str, Any] | None,
+               frozen_epochs: int, precision: str) -> dict[str, Any]:
+    """What run.json says of the model and its data: classes, image size and crop (all predict needs), origin."""
+    return {"task": task.name, "classes": task.plane_names, "val_ids": data.val_ids.tolist(),
+            "image_size": data.train_x.shape[1], "crop_to_fundus": _crop_to_fundus(prepared_dir),
+            "init_from": source["task"] if source else "scratch",
+            "init_from_run_id": source["run_id"] if source else None,
+            "frozen_encoder_epochs": frozen_epochs, "mixed_precision": precision, "parameters": model.count_params()}
+
+
+def _best_epoch(epochs: list[dict[str, float]], monitor: str) -> dict[str, Any]:
+    """The epochs trained, the best one (counted from 1) and its ``monitor`` value."""
+    best = int(np.argmax([logs[monitor] for logs in epochs]))
+    return {"epochs": len(epochs), "best_epoch": best + 1, f"best_{monitor}": epochs[best][monitor]}
+
+
+def _stopped(variant: str, stopped: StopRequested, run_id: str, epochs_done: int) -> Stopped:
+    """End the MLflow run of a training asked to stop as KILLED, saying why, and the one line the stage prints."""
+    note = f"stopped by {stopped.reason} after epoch {epochs_done}"
+    tracking.end_run(run_id, "KILLED", {"stopped": note})
+    return Stopped(f"train {variant}: {note}; dvc repro resumes", stopped.exit_code)
 
 
 def _start_tensorflow(params: TrainParams, data: TrainingData) -> tuple[str, tf.distribute.Strategy]:
@@ -272,10 +296,12 @@ def _progress(folder: Path, logged_params: dict[str, Any], variant: str, source:
     progress = Progress(folder, resume.signature(
         logged_params, variant, source["run_id"] if source else None,
         resume.file_signature(prepared_dir / "manifest.json"), resume.file_signature(augmented_dir / "images.npy")))
-    stale = progress.stale_run_id()
-    if stale:
-        tracking.end_run(stale, "KILLED")
-    state = progress.load()
+    found = progress.load()
+    if found.damage:
+        print(f"train {variant}: {found.damage}")
+    for run_id in found.abandoned_runs:
+        tracking.end_run(run_id, "KILLED")
+    state = found.state
     if state and not resumable:
         print(f"train {variant}: the {state['epoch']} epoch(s) a killed run left in {folder} cannot be resumed "
               "by train.distribute = multi_worker (the other workers do not have them); starting afresh")
@@ -305,18 +331,19 @@ def _start_run(experiment_id: str, variant: str, tags: dict[str, str], state: di
     return mlflow.start_run(experiment_id=experiment_id, run_name=variant, tags=tags)
 
 
-def _resumed(model, progress: Progress, state: dict[str, Any] | None) -> list[dict[str, float]]:
-    """The logs of the epochs done (restoring the model as they left it), or an empty list."""
-    if not state:
-        progress.start()
-        return []
-    progress.restore(model, state)
-    return list(state["history"])
+def _resume(model, progress: Progress, state: dict[str, Any] | None, run_id: str) -> None:
+    """Restore the model as the saved epochs left it, or start an empty progress folder for ``run_id``."""
+    if state:
+        progress.restore(model)
+    else:
+        progress.start(run_id)
 
 
-def _callbacks(progress: Progress, monitor: str, run_id: str, epochs: list[dict[str, float]]) -> list:
-    """Stop on NaN or infinity, keep the best epoch, write the curve, log every epoch to MLflow and
-    save the progress a killed run resumes from; all of it in the progress folder until training ends."""
+def _callbacks(progress: Progress, monitor: str, run_id: str, epochs: list[dict[str, float]],
+               stop: PoliteStop) -> list:
+    """Stop on NaN or infinity, keep the best epoch, write the curve, log every epoch to MLflow, save the
+    progress a stopped or killed run resumes from (all of it in the progress folder until training ends),
+    and stop between batches when asked to."""
     import mlflow
 
     best = max((logs[monitor] for logs in epochs), default=None)
@@ -325,7 +352,7 @@ def _callbacks(progress: Progress, monitor: str, run_id: str, epochs: list[dict[
                                             initial_value_threshold=best),
             keras.callbacks.CSVLogger(progress.curve, separator="\t", append=True),
             mlflow.tensorflow.MlflowCallback(log_every_epoch=True),
-            SaveProgress(progress, run_id, epochs)]
+            SaveProgress(progress, run_id, epochs), stop]
 
 
 def _tags(task: Task, source: dict[str, Any] | None) -> dict[str, str]:
