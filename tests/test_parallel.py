@@ -11,21 +11,16 @@ experiments fails now and then (treeverse/dvc#10673; ``python -m benchmarks.queu
 """
 
 import csv
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import yaml
 from project import ran_stages, run, tiny_project
 
+from benchmarks.queue import (LEARNING_RATES, SHARED, error_lines, queue_experiments, start_queue,
+                              wait_for_queue)
 from retinaseg import tracking
 
-LEARNING_RATES = {"lr-1": "0.001", "lr-2": "0.002", "lr-3": "0.003", "lr-4": "0.004"}
-TARGET, VARIANT = "evaluate@binary", "binary"
-WAIT = 900  # seconds for the whole queue; measured 65-110 s on 2 shared cores
+VARIANT = "binary"
 
 
 @pytest.fixture
@@ -34,54 +29,14 @@ def fresh_project(tmp_path):
     return tiny_project(tmp_path / "project")
 
 
-def start_queue(repo, log):
-    """`dvc queue start -j 2`, its output to a file: the workers it spawns inherit it and outlive the command."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("w") as out:
-        result = subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120)
-    assert result.returncode == 0, log.read_text()
-
-
-def queue_status(repo):
-    """Experiment name -> status (Queued, Running, Success, Failed) from `dvc queue status`."""
-    statuses = {}
-    for line in run(["dvc", "queue", "status"], repo).stdout.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[1] in LEARNING_RATES:
-            statuses[words[1]] = words[-1]
-    return statuses
-
-
-def wait_for_queue(repo):
-    """Poll `dvc queue status` until every experiment has ended; returns the statuses and the seconds taken."""
-    started = time.monotonic()
-    statuses = {}
-    while time.monotonic() - started < WAIT:
-        time.sleep(10)
-        statuses = queue_status(repo)
-        if len(statuses) == len(LEARNING_RATES) and all(s in ("Success", "Failed") for s in statuses.values()):
-            break
-    return statuses, time.monotonic() - started
-
-
-def error_lines(log):
-    """The lines of a stage log that name an error (the last few), without TensorFlow's start-up notes."""
-    lines = [line.strip() for line in log.splitlines()
-             if ("Error" in line or "Exception" in line or "error:" in line) and "oneDNN" not in line]
-    return lines[-4:] or log.strip().splitlines()[-4:]
-
-
 @pytest.mark.slow
 def test_queued_experiments_run_two_at_a_time_and_all_log_to_mlflow(fresh_project, tmp_path):
     from mlflow.tracking import MlflowClient
 
     repo = fresh_project
-    run(["dvc", "repro", "augment"], repo)  # the stages every experiment shares, once, before queueing
+    run(["dvc", "repro", SHARED], repo)  # the stages every experiment shares, once, before queueing
     assert not (repo / "mlflow.db").exists()
-    for name, lr in LEARNING_RATES.items():
-        run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "--name", name, TARGET], repo)
+    queue_experiments(repo)
     start_queue(repo, tmp_path / "queue-start.log")
     try:
         statuses, seconds = wait_for_queue(repo)
