@@ -3,8 +3,9 @@
 A real ``mlflow server`` (started as ``make server`` does: SQLite store, artifacts served
 through it) on a free port, and a fresh tiny project whose two queued experiments (different
 ``train.lr``) run two at a time with ``MLFLOW_TRACKING_URI`` on the server. To stay short
-each reproduces ``evaluate@binary`` and what it needs (fetch, prepare, augment, train,
-evaluate, registration); the whole pipeline on the project's own store is
+each reproduces ``evaluate@binary`` and what it needs (train, evaluate, registration; the
+shared fetch, prepare and augment are reproduced once before queueing, as the README says,
+which keeps the workers off DVC's run-cache race); the whole pipeline on the project's own store is
 tests/test_pipeline.py's. Everything is read back through the server's REST API, and the project holds no
 local store.
 """
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_parallel import error_lines
 from project import LESION_CLASSES, free_port, run, server_process, tiny_project
+
+from benchmarks.queue import SHARED, error_lines
 
 from retinaseg import registry, tracking
 
@@ -75,6 +77,7 @@ def test_queued_experiments_log_everything_through_the_server(tracking_server, t
     uri, server_folder = tracking_server
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     repo = tiny_project(tmp_path / "project")
+    run(["dvc", "repro", SHARED], repo)
     for name, lr in LEARNING_RATES.items():
         run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", "--name", name, "evaluate@binary"], repo)
     started = time.monotonic()
