@@ -10,6 +10,9 @@ PORT ?= 5000
 SERVER_WORKERS ?= 1
 # Stage commands call `python`, `dvc` and `mlflow`: take them from the project's venv.
 export PATH := $(abspath $(BIN)):$(PATH)
+# Offline by design: no usage telemetry from MLflow's UI and server either (the package turns it off for the stages).
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= true
 
 .PHONY: run test venv ui server bench
 
@@ -26,7 +29,8 @@ bench: $(VENV)/.installed
 venv: $(VENV)/.installed
 
 ui: $(VENV)/.installed
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+	@echo "MLflow UI, the project's runs: $$(MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db python -c 'from retinaseg import tracking; print(tracking.runs_table_url("http://127.0.0.1:$(PORT)"))')"
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port $(PORT)
 
 # A tracking server and Model Registry that several machines (or queued experiments) log to:
 # runs in mlflow-server.db, artifacts uploaded through the server into mlflow-server-artifacts/.

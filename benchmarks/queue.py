@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     rounds = []
     for index in range(args.rounds):
-        with tempfile.TemporaryDirectory(prefix="queue-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="queue-", ignore_cleanup_errors=True) as tmp:  # workers may linger
             result = one_round(Path(tmp), first_step=not args.no_first_step)
         rounds.append(result)
         print(f"round {index + 1}/{args.rounds}: {len(LEARNING_RATES) - len(result['failed'])}/{len(LEARNING_RATES)} "

@@ -103,6 +103,15 @@ def uninterrupted(arrays, tmp_path_factory) -> Path:
     return out
 
 
+def resume_to_the_same_model(arrays: Path, out: Path, uninterrupted: Path, after: int) -> subprocess.CompletedProcess:
+    """Rerun the training in ``out``: it resumes after epoch ``after`` and ends as the uninterrupted run."""
+    again = train(arrays, out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming after epoch {after}" in again.stdout
+    assert_same_model(out, uninterrupted)
+    return again
+
+
 def assert_same_model(resumed: Path, uninterrupted: Path) -> None:
     run, expected = (json.loads((out / "model" / "run.json").read_text()) for out in (resumed, uninterrupted))
     assert run["best_epoch"] == expected["best_epoch"] and run["best_val_dice"] == expected["best_val_dice"]
@@ -151,13 +160,10 @@ def test_a_kill_inside_a_save_and_a_damaged_unit_resume_from_the_last_consistent
     damaged = checkpoints / "epoch-0002" / resume.OPTIMIZER
     damaged.write_bytes(damaged.read_bytes()[:100])
 
-    second = train(arrays, out)
-    assert second.returncode == 0, second.stderr[-2000:]
+    second = resume_to_the_same_model(arrays, out, uninterrupted, after=1)
     notes = [line for line in second.stdout.splitlines() if str(damaged) in line]
     assert notes == [f"train binary: {damaged} is truncated or from another epoch (its sha256 differs from "
                      "state.json's); resuming after epoch 1"], second.stdout
-    assert "resuming after epoch 1" in second.stdout
-    assert_same_model(out, uninterrupted)
 
 
 @pytest.mark.slow
@@ -186,10 +192,7 @@ def test_sigterm_mid_epoch_saves_stops_within_seconds_and_resumes_to_the_same_mo
     assert stopped.info.status == "KILLED" and stopped.data.tags["stopped"] == "stopped by SIGTERM after epoch 1"
     assert not (out / "model").exists()
 
-    second = train(arrays, out)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resuming after epoch 1" in second.stdout
-    assert_same_model(out, uninterrupted)
+    resume_to_the_same_model(arrays, out, uninterrupted, after=1)
 
 
 @pytest.mark.slow

@@ -102,6 +102,30 @@ def test_setup_creates_experiment_with_artifacts_in_project(tmp_path, monkeypatc
     assert Path(tmp_path / "mlflow.db").exists()
 
 
+def test_the_experiment_opens_on_its_runs_table_and_make_ui_prints_its_url(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert tracking.runs_table_url("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    assert not (tmp_path / "mlflow.db").exists(), "asking for the URL creates no store"
+    experiment_id = tracking.setup(tmp_path)
+    experiment = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment(experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tracking.runs_table_url("http://127.0.0.1:5000", tmp_path) == \
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+
+
+@pytest.mark.parametrize("preset", [None, "false"])
+def test_mlflow_telemetry_is_off_unless_a_user_turns_it_on(preset):
+    env = {key: value for key, value in os.environ.items() if key not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    if preset:
+        env["MLFLOW_DISABLE_TELEMETRY"] = preset
+    code = ("import retinaseg, os; from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY; "
+            "print(MLFLOW_DISABLE_TELEMETRY.get(), os.environ['DO_NOT_TRACK'])")
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert shown.stdout.split() == (["True", "true"] if preset is None else ["False", "true"])
+
+
 def test_a_tracking_server_keeps_its_own_artifact_root(tmp_path):
     """A client-side folder would be on the client's disk only; the server's root (mlflow-artifacts:/ with
     --serve-artifacts) is the same for every client. tests/test_server.py checks it on a real server."""

@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 from retinaseg.errors import PipelineError
 
 EXPERIMENT = "retinal-lesion-segmentation"
+#: Tells MLflow 3's UI that this experiment trains models, so it opens on the runs table (not the GenAI overview).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 #: Seconds a tracking server gets to answer the probe in ``setup`` (one attempt, no retries).
 PROBE_TIMEOUT = 5
 #: Seconds to wait for another process creating the SQLite store or the experiment.
@@ -54,6 +56,18 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
 
 
+def runs_table_url(base: str, root: Path | None = None) -> str:
+    """The MLflow UI page of the project's runs table at ``base`` (the UI's own address), or its start page
+    when the store holds no experiment of the project yet."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return base  # asking would create an empty store
+    experiment = MlflowClient(uri).get_experiment_by_name(experiment_name())
+    return f"{base}/#/experiments/{experiment.experiment_id}/runs" if experiment else base
+
+
 def setup(root: Path | None = None) -> str:
     """Point MLflow at the project store and return the experiment id (created if needed).
 
@@ -73,7 +87,8 @@ def setup(root: Path | None = None) -> str:
             experiment = mlflow.get_experiment_by_name(name)  # the first use creates and migrates a new store
             if experiment is None:
                 try:
-                    return mlflow.create_experiment(name, artifact_location=_artifact_location(uri, root))
+                    return mlflow.create_experiment(name, artifact_location=_artifact_location(uri, root),
+                                                    tags=EXPERIMENT_KIND)
                 except MlflowException:  # "already exists": created meanwhile by a process outside our lock
                     experiment = mlflow.get_experiment_by_name(name)
                     if experiment is None:
