@@ -190,12 +190,12 @@ def assert_trains_as_one_device(run: Path, single: Path) -> None:
 
 
 def placement(store: Path) -> list[tuple[str, str, str]]:
-    """(run name, train.distribute, replicas) of every MLflow run in ``store``, sorted."""
+    """(variant, train.distribute, replicas) of every MLflow run in ``store``, sorted."""
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store}")
     runs = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
-    return sorted((run.info.run_name, run.data.params["train.distribute"], run.data.params["replicas"])
+    return sorted((run.data.tags["variant"], run.data.params["train.distribute"], run.data.params["replicas"])
                   for run in runs)
 
 

@@ -52,7 +52,7 @@ def test_temp_experiment_logs_into_the_workspace_store(workspace):
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace}/mlflow.db")
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
     tagged = client.search_runs([experiment.experiment_id], "tags.dvc_exp_name = 'temp-lr'")
-    assert [r.info.run_name for r in tagged] == ["binary"]
+    assert [r.info.run_name for r in tagged] == ["binary@temp-lr"], "the run is named after its experiment"
     assert tagged[0].data.params["train.lr"] == "0.003" and "test_macro_f1" in tagged[0].data.metrics
 
 

@@ -66,7 +66,7 @@ def test_queued_experiments_run_two_at_a_time_and_all_log_to_mlflow(fresh_projec
     epochs = yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"]
     for name, lr in LEARNING_RATES.items():
         (mlflow_run,) = [r for r in runs if r.data.tags.get("dvc_exp_name") == name]
-        assert mlflow_run.info.run_name == VARIANT and mlflow_run.info.status == "FINISHED"
+        assert mlflow_run.info.run_name == f"{VARIANT}@{name}" and mlflow_run.info.status == "FINISHED"
         assert mlflow_run.data.params["train.lr"] == lr
         assert mlflow_run.data.params["train.epochs"] == str(epochs)
         assert len(client.get_metric_history(mlflow_run.info.run_id, "loss")) == epochs

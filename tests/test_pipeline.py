@@ -95,8 +95,11 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
     client = MlflowClient()
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
-    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    runs = {run.data.tags["variant"]: run for run in client.search_runs([experiment.experiment_id])}
     assert set(runs) == set(VARIANTS)
+    for variant, found in runs.items():  # named after the model and the commit it was trained from
+        name, _, commit = found.info.run_name.partition("@")
+        assert name == variant and len(commit) >= 7 and found.data.tags["git_commit"].startswith(commit)
     assert runs["multiclass_transfer"].data.tags["init_from_run_id"] == runs["binary"].info.run_id
     for variant, run in runs.items():
         defaults = yaml.safe_load((PROJECT / "params.yaml").read_text())
@@ -130,7 +133,7 @@ def test_registry_holds_each_task_with_the_best_version_as_champion(reproduced):
     uri = f"sqlite:///{reproduced}/mlflow.db"
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
-    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    runs = {run.data.tags["variant"]: run for run in client.search_runs([experiment.experiment_id])}
     for task, variants in (("binary", ["binary"]), ("multiclass", ["multiclass", "multiclass_transfer"])):
         versions = client.search_model_versions(f"name = 'retinaseg-{task}'")
         assert sorted(version.tags["variant"] for version in versions) == variants

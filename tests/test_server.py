@@ -99,7 +99,7 @@ def test_queued_experiments_log_everything_through_the_server(tracking_server, t
     epochs = yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"]
     for name, lr in LEARNING_RATES.items():
         ours = {r.info.run_name: r for r in runs if r.data.tags.get("dvc_exp_name") == name}
-        assert set(ours) == {"binary"}, (name, sorted(ours))
+        assert set(ours) == {f"binary@{name}"}, (name, sorted(ours))
         for mlflow_run in ours.values():
             check_run(client, mlflow_run, lr, epochs, tmp_path)
     assert len(runs) == len(LEARNING_RATES)

@@ -71,6 +71,18 @@ def test_run_tags_carry_task_commit_and_experiment(isolated_git, monkeypatch):
 
 
 @needs_git
+def test_run_names_carry_the_variant_and_the_experiment_or_the_commit(isolated_git, monkeypatch):
+    repo = isolated_git / "repo"
+    commit = commit_repo(repo)
+    monkeypatch.chdir(repo / "sub")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    name, _, short = tracking.run_name("binary").partition("@")
+    assert name == "binary" and len(short) >= 7 and commit.startswith(short)
+    monkeypatch.setenv("DVC_EXP_NAME", "brave-newt")
+    assert tracking.run_name("multiclass_transfer") == "multiclass_transfer@brave-newt"
+
+
+@needs_git
 @pytest.mark.parametrize("where", ["outside any repository", "in a repository without commits",
                                    "in a repository but without the git command"])
 def test_run_tags_without_a_readable_commit_have_no_git_commit(isolated_git, monkeypatch, where):

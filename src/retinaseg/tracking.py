@@ -247,6 +247,13 @@ def run_tags(task: str) -> dict[str, str]:
     return tags
 
 
+def run_name(variant: str) -> str:
+    """``<variant>@<DVC experiment>`` under ``dvc exp run``, else ``<variant>@<short commit>``: runs of one
+    model in ten experiments keep ten names in the runs table."""
+    label = os.environ.get("DVC_EXP_NAME") or _git("rev-parse", "--short", "HEAD")
+    return f"{variant}@{label}" if label else variant
+
+
 def log_params(params: dict[str, Any]) -> None:
     """Log flattened params; lists become strings, as MLflow stores text."""
     import mlflow

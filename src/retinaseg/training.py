@@ -195,7 +195,7 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
         monitor = "val_dice" if len(data.val_ids) else "dice"
         epochs = list(state["history"]) if state else []
         try:
-            with (_start_run(experiment_id, variant, _tags(task, source), state) as run,
+            with (_start_run(experiment_id, variant, _tags(task, variant, source), state) as run,
                   atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.curve_path) as curve):
                 tracking.log_params({**logged_params, **_run_params(variant, task, model, data, weights, source),
                                      "mixed_precision_used": precision, "train.distribute": train_params.distribute,
@@ -328,7 +328,7 @@ def _start_run(experiment_id: str, variant: str, tags: dict[str, str], state: di
 
     if state:
         return mlflow.start_run(run_id=state["run_id"])
-    return mlflow.start_run(experiment_id=experiment_id, run_name=variant, tags=tags)
+    return mlflow.start_run(experiment_id=experiment_id, run_name=tracking.run_name(variant), tags=tags)
 
 
 def _resume(model, progress: Progress, state: dict[str, Any] | None, run_id: str) -> None:
@@ -355,8 +355,8 @@ def _callbacks(progress: Progress, monitor: str, run_id: str, epochs: list[dict[
             SaveProgress(progress, run_id, epochs), stop]
 
 
-def _tags(task: Task, source: dict[str, Any] | None) -> dict[str, str]:
-    tags = tracking.run_tags(task.name)
+def _tags(task: Task, variant: str, source: dict[str, Any] | None) -> dict[str, str]:
+    tags = {**tracking.run_tags(task.name), "variant": variant}
     if source:
         tags.update({"init_from_run_id": source["run_id"], "init_from_task": source["task"]})
     return tags
