@@ -440,3 +440,4 @@ def test_a_second_training_of_a_model_is_refused_naming_the_first(tmp_path):
         holder.wait()
     with resume.exclusive(folder, "model binary"):  # a killed holder leaves nothing locked
         assert (tmp_path / "checkpoints" / "binary.lock").read_text() == f"pid {os.getpid()}"
+    assert not (tmp_path / "checkpoints" / "binary.lock").exists(), "the lock file goes with its training"

@@ -216,27 +216,40 @@ def exclusive(folder: Path, who: str) -> Iterator[None]:
     """Hold ``<folder>.lock`` while one training of a model uses ``folder``; a second one is refused.
 
     The lock is the operating system's (``flock``): it ends with its process, however that ends,
-    so a killed training never leaves the folder locked.
+    so a killed training never leaves the folder locked. The file is removed when the training ends.
     """
     lock = folder.with_name(folder.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as handle:
+    handle = _locked(lock, who)
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
+
+
+def _locked(lock: Path, who: str):
+    """``lock`` opened and flock-ed; again if the file was removed (by the training before) in between."""
+    while True:
+        handle = open(lock, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise PipelineError(f"{lock}: {who} is already being trained by {holder}; wait for it to end, "
                                 "or stop it (kill sends SIGTERM: it saves its last epoch and exits)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
         try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
+            if os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
 
 
 class SaveProgress(keras.callbacks.Callback):
