@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -26,6 +27,25 @@ def test_a_signal_becomes_a_stop_at_the_next_batch(monkeypatch):
             stop.on_train_batch_end(1)
     assert (stopped.value.reason, stopped.value.exit_code) == ("SIGTERM", 143)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "the handler before is back"
+
+
+TWICE = textwrap.dedent("""
+    import os, signal, sys, time
+    from retinaseg import stopping
+    with stopping.PoliteStop():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        print("first: asked to stop", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    print("second: ignored")
+""")
+
+
+def test_a_second_signal_ends_the_process_at_once():
+    twice = subprocess.run([sys.executable, "-c", TWICE], capture_output=True, text=True, timeout=60)
+    assert twice.returncode == -signal.SIGTERM and twice.stdout.split("\n")[0] == "first: asked to stop"
+    assert "ignored" not in twice.stdout
 
 
 def test_the_end_of_the_parent_becomes_a_stop(monkeypatch):

@@ -29,7 +29,8 @@ class StopRequested(Exception):
 
 class PoliteStop(keras.callbacks.Callback):
     """While entered, turns SIGTERM and SIGINT, and the end of the parent process, into a ``StopRequested`` at
-    the next batch or epoch boundary of ``fit``. Last among the callbacks, so an epoch that ends is saved first."""
+    the next batch or epoch boundary of ``fit``. Last among the callbacks, so an epoch that ends is saved first.
+    A second signal ends the process at once, as the signal's default does."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,6 +57,9 @@ class PoliteStop(keras.callbacks.Callback):
             self.reason, self.exit_code = reason, exit_code
 
     def _on_signal(self, number: int, frame) -> None:
+        if self.reason is not None:  # a second signal: the impatient user's, or the scheduler's last word
+            signal.signal(number, signal.SIG_DFL)
+            signal.raise_signal(number)
         self.request(signal.Signals(number).name, 128 + number)
 
     def _watch(self, watched: list[tuple[int, int]]) -> None:
