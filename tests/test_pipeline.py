@@ -161,8 +161,8 @@ def test_the_served_champion_answers_as_predict(reproduced, tmp_path):
     out, url = tmp_path / "predicted", f"http://127.0.0.1:{port}"
     (tmp_path / "serve").mkdir()
     with server_process(serve, tmp_path / "serve", env, f"{url}/ping") as wait_until_ready:
-        run([sys.executable, "-m", "retinaseg.predict", str(image), "--model", model, "--out", str(out),
-             "--save-probabilities"], reproduced)  # meanwhile; the store is the project's own
+        run([str(Path(sys.executable).with_name("retinaseg-predict")), str(image), "--model", model, "--out",
+             str(out), "--save-probabilities"], reproduced)  # meanwhile; the store is the project's own
         wait_until_ready()
         model_input = np.load(out / "image006_input.npy")
         answer = requests.post(f"{url}/invocations", json={"inputs": model_input[None].astype(np.float32).tolist()},
@@ -177,11 +177,11 @@ def test_the_served_champion_answers_as_predict(reproduced, tmp_path):
 
 @pytest.mark.slow
 def test_score_command_rewrites_the_evaluate_stage_eval_json(reproduced, tmp_path):
-    """The evaluate stage scores its prediction files with the same code as `python -m retinaseg.score`."""
+    """The evaluate stage scores its prediction files with the same code as `retinaseg-score`."""
     for variant in VARIANTS:
         task = json.loads((reproduced / "models" / variant / "run.json").read_text())["task"]
         out = tmp_path / f"{variant}.json"
-        run([sys.executable, "-m", "retinaseg.score", "--reference", "data/prepared/test",
+        run([str(Path(sys.executable).with_name("retinaseg-score")), "--reference", "data/prepared/test",
              "--predictions", f"data/predictions/{variant}", "--task", task,
              "--rules", f"metrics/eval/{variant}/eval.json", "--out", str(out)], reproduced)
         assert out.read_bytes() == (reproduced / "metrics" / "eval" / variant / "eval.json").read_bytes()

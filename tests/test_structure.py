@@ -93,3 +93,24 @@ def test_what_must_never_be_committed_is_ignored_by_git(path):
         pytest.skip("not a git checkout")
     ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=PROJECT, check=False)
     assert ignored.returncode == 0, f"git add -A would commit {path}"
+
+
+def test_the_package_declares_what_it_needs_and_its_commands():
+    """`pip install .` gives a package that runs: every pin of requirements.in is within a declared range, test
+    tools as an extra; each declared command is a callable of the package."""
+    import importlib
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
+    pinned = {Requirement(line).name: Requirement(line) for line in (PROJECT / "requirements.in").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    declared = [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["test"]]
+    assert sorted(requirement.name for requirement in declared) == sorted(pinned)
+    for requirement in declared:
+        (version,) = (spec.version for spec in pinned[requirement.name].specifier)
+        assert requirement.specifier.contains(version), f"{requirement} does not allow the pinned {version}"
+    for command, target in project["scripts"].items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), command

@@ -1,6 +1,6 @@
 """Label statistics and contrast of marked regions, to compare a synthetic set with the real one.
 
-``python -m retinaseg.calibration PATH [--ids 1-27]`` prints the figures of any folder in
+``retinaseg-calibration PATH [--ids 1-27]`` prints the figures of any folder in
 the official layout as JSON. Areas are in full-resolution pixels (1500x1152) and the ring
 around a region is 15 full-resolution pixels wide, so a smaller copy gives comparable figures.
 """
@@ -120,12 +120,17 @@ def parse_ids(text: str) -> list[int]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m retinaseg.calibration", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="retinaseg-calibration", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="dataset folder in the official layout (or the folder holding it)")
     parser.add_argument("--ids", type=parse_ids, help="image ids, e.g. 1-27 (default: every image)")
     args = parser.parse_args(argv)
     print(json.dumps(measure(args.path, args.ids), indent=2))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``retinaseg-calibration`` command (``python -m retinaseg.calibration`` too)."""
     stage.run(main)
+
+
+if __name__ == "__main__":
+    cli()

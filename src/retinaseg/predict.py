@@ -1,6 +1,6 @@
 """Segment new fundus images with a trained model: class planes and an overlay per image.
 
-    python -m retinaseg.predict IMAGE... --model PATH_OR_MLFLOW_URI --out DIR [--threshold 0.5 | --eval EVAL_JSON]
+    retinaseg-predict IMAGE... --model PATH_OR_MLFLOW_URI --out DIR [--threshold 0.5 | --eval EVAL_JSON]
         [--no-crop] [--save-probabilities]
 
 ``--model`` is a ``model.keras`` file, a ``models/<variant>`` folder or an MLflow model URI
@@ -47,7 +47,7 @@ ALPHA = 0.55
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m retinaseg.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="retinaseg-predict", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="fundus images (any size and mode)")
     parser.add_argument("--model", required=True, metavar="PATH_OR_MLFLOW_URI",
                         help="model.keras, models/<variant>, runs:/<run_id>/model, models:/<name>/<version> "
@@ -205,5 +205,10 @@ def main(argv: list[str]) -> None:
         print(f"{path.name}: {image.shape[1]}x{image.shape[0]} -> {', '.join(map(str, written))}; {pixels} px")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``retinaseg-predict`` command (``python -m retinaseg.predict`` too)."""
     stage.run(main)
+
+
+if __name__ == "__main__":
+    cli()

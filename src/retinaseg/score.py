@@ -1,6 +1,6 @@
 """Score prediction files against a prepared reference set into ``eval.json``.
 
-    python -m retinaseg.score --reference data/prepared/test --predictions data/predictions/multiclass \
+    retinaseg-score --reference data/prepared/test --predictions data/predictions/multiclass \
         --task multiclass [--rules metrics/eval/multiclass/eval.json | --threshold 0.5] --out eval.json
 
 In the spirit of nnU-Net's ``compute_metrics_on_folder(reference, predictions)``: the
@@ -256,7 +256,7 @@ def _score_core(probability: np.ndarray, core: np.ndarray, predicted: np.ndarray
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m retinaseg.score", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="retinaseg-score", description=__doc__.splitlines()[0])
     parser.add_argument("--reference", required=True, type=Path, metavar="DIR",
                         help="a prepared set, e.g. data/prepared/test (its manifest.json one level up)")
     parser.add_argument("--predictions", required=True, type=Path, metavar="DIR", help="imageNNN.npy probabilities")
@@ -309,5 +309,10 @@ def main(argv: list[str]) -> None:
     print(f"wrote {args.out}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``retinaseg-score`` command (``python -m retinaseg.score`` too)."""
     stage.run(main)
+
+
+if __name__ == "__main__":
+    cli()
