@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -101,3 +102,22 @@ def test_tracking_server_load_runs_a_real_server_and_reports_every_level(tmp_pat
     assert [row["clients"] for row in levels] == [1, 2]
     for row in levels:
         assert row["requests"] > 0 and row["errors"] == 0 and 0 < row["p50_ms"] <= row["p95_ms"]
+
+
+def test_peak_split_divides_big_components_at_peaks_that_rise_enough():
+    from benchmarks.peak_split import split_at_peaks
+    from retinaseg import froc
+
+    plane = np.zeros((40, 40), dtype=np.float32)
+    plane[5:15, 5:35] = 0.6  # one 300-px component ...
+    plane[9:11, 9:11] = plane[9:11, 29:31] = 0.9  # ... with two peaks well above the threshold
+    plane[25:35, 5:35] = 0.6  # one as big, flat
+    plane[30, 37:39] = plane[31, 37:39] = 0.9  # a 4-px speck with a peak
+    fov = np.ones_like(plane, dtype=bool)
+    labels, keep = froc.cleaned_components(plane, 0.5, fov, 3, None)
+    assert keep.sum() == 3
+    split, kept = split_at_peaks(min_area=100, radius=5, rise=0.15)(plane, 0.5, fov, 3, None)
+    assert kept.sum() == 4, "the peaked component becomes two, the flat one and the speck stay whole"
+    assert np.array_equal(split > 0, labels > 0), "no pixel is added or lost"
+    assert split[10, 10] != split[10, 30] and len(np.unique(split[25:35, 5:35])) == 1
+    assert split_at_peaks(min_area=100, radius=5, rise=0.45)(plane, 0.5, fov, 3, None)[1].sum() == 3, "peaks below 0.95 do not split"

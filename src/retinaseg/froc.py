@@ -16,7 +16,7 @@ any annotator marked from counting as false alarms (``RULE`` states each reading
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -185,9 +185,20 @@ def sweep(probability: np.ndarray, fov: np.ndarray, discs: Sequence[np.ndarray |
     return sweeps(probability, fov, discs, min_component_px, {"": references}, thresholds)[""]
 
 
+def cleaned_components(plane: np.ndarray, threshold: float, fov: np.ndarray, min_component_px: int,
+                       disc: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The detections of one plane [H,W] at ``threshold``: its components as evaluation cleans them."""
+    return postprocess.kept_labels(plane >= threshold, fov, min_component_px, disc)
+
+
 def sweeps(probability: np.ndarray, fov: np.ndarray, discs: Sequence[np.ndarray | None], min_component_px: int,
-           references: Mapping[str, Sequence[Lesions]], thresholds: np.ndarray = SWEEP_THRESHOLDS) -> dict[str, Sweep]:
-    """``sweep`` against several references at once (core, truth, ...): each threshold is cleaned once for all."""
+           references: Mapping[str, Sequence[Lesions]], thresholds: np.ndarray = SWEEP_THRESHOLDS,
+           detections: Callable[..., tuple[np.ndarray, np.ndarray]] = cleaned_components) -> dict[str, Sweep]:
+    """``sweep`` against several references at once (core, truth, ...): each threshold is cleaned once for all.
+
+    ``detections`` (``cleaned_components``'s arguments and result) turns a plane and a threshold into labelled
+    detections; another rule of forming them can be scored exactly as evaluation scores its own.
+    """
     counted = {}
     for name, per_image in references.items():
         offsets = np.cumsum([0, *(reference.count for reference in per_image)])
@@ -200,7 +211,7 @@ def sweeps(probability: np.ndarray, fov: np.ndarray, discs: Sequence[np.ndarray 
         for index, threshold in enumerate(levels):
             if threshold > top:  # nothing passes here or above: no detection, no false alarm
                 break
-            labels, keep = postprocess.kept_labels(plane >= threshold, fov, min_component_px, disc)
+            labels, keep = detections(plane, threshold, fov, min_component_px, disc)
             predicted[index] += np.count_nonzero(keep[labels])
             for name, (offsets, found, false_positives) in counted.items():
                 found[index, offsets[image]:offsets[image + 1]], false_positives[image, index] = match(

@@ -164,7 +164,8 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
             probabilities[..., plane], core[..., plane], predicted[..., plane], fov, discs, scoring)
         drawn = ([truth.class_lesions(simulated, image_id, task.classes[name]) for image_id in ids]
                  if simulated is not None and task.classes[name] else None)
-        references = _references(core[..., plane], None if marked is None else marked[..., plane], drawn, simulated)
+        references = detection_references(core[..., plane], None if marked is None else marked[..., plane], drawn,
+                                          simulated)
         swept = froc.sweeps(probabilities[..., plane], fov, sweep_discs, scoring.min_component_px, references)
         _add_detection(summary[name]["core"], swept, core_per_image, resamples)
         curves.froc[name] = swept["core"].curve()
@@ -180,7 +181,7 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
     return summary, curves, predicted
 
 
-def _references(core: np.ndarray, marked: np.ndarray | None, drawn: list[list[dict]] | None,
+def detection_references(core: np.ndarray, marked: np.ndarray | None, drawn: list[list[dict]] | None,
                 simulated: dict | None) -> dict[str, list[froc.Lesions]]:
     """The lesions each FROC of one class counts: the core's components; the same, one per component, with what
     any annotator marked spared (``marked`` [N,S,S]); the drawn lesions of synthetic data."""
