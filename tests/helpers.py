@@ -1,8 +1,14 @@
-"""Assertions shared by several test modules."""
+"""Assertions and data shared by several test modules."""
 
 import pytest
 
 from retinaseg.errors import PipelineError
+from retinaseg.params import PrepareParams
+from retinaseg.prepare import prepare_dataset
+from retinaseg.synthetic import generate
+
+#: A lower core threshold than the pipeline's 0.75 keeps a few core pixels per class at 32 px.
+CORE_THRESHOLD = 0.5
 
 
 def one_line_error(call, *fragments: str) -> str:
@@ -14,3 +20,11 @@ def one_line_error(call, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in message
     return message
+
+
+def generate_and_prepare(root, *, num_images, size, style, image_size, train_ids, tasks):
+    """A synthetic set generated under ``root/raw`` and prepared into ``root/prepared``; its manifest."""
+    generate(root / "raw", num_images=num_images, size=size, seed=0, style=style)
+    params = PrepareParams(threshold=0.1, core_threshold=CORE_THRESHOLD, image_size=image_size, crop_to_fundus=True,
+                           train_ids=train_ids)
+    return prepare_dataset(root / "raw", root / "prepared", tasks=tasks, params=params, workers=1)

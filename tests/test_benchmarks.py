@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import generate_and_prepare
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +123,43 @@ def test_peak_split_divides_big_components_at_peaks_that_rise_enough():
     assert np.array_equal(split > 0, labels > 0), "no pixel is added or lost"
     assert split[10, 10] != split[10, 30] and len(np.unique(split[25:35, 5:35])) == 1
     assert split_at_peaks(min_area=100, radius=5, rise=0.45)(plane, 0.5, fov, 3, None)[1].sum() == 3, "peaks below 0.95 do not split"
+
+
+@pytest.fixture(scope="module")
+def realistic_test_set(tmp_path_factory):
+    """Four realistic synthetic images with the simulator's truth, prepared at 64 px: test images 3-4."""
+    from retinaseg.tasks import Task
+
+    root = tmp_path_factory.mktemp("ceiling")
+    generate_and_prepare(root, num_images=4, size=(300, 230), style="realistic", image_size=64, train_ids="1-2",
+                         tasks=[Task("binary", {"hemorrhages": ("hemorrhages",)})])
+    return root / "prepared" / "test"
+
+
+def test_label_ceiling_scores_the_labels_as_predictions(realistic_test_set):
+    from benchmarks.label_ceiling import ceilings
+    from retinaseg.score import Scoring
+
+    uncleaned = Scoring({"hemorrhages": 0.5}, "argument", "fixed", None, None, 1.0, 1, False, 11)
+    results = ceilings(realistic_test_set, "binary", uncleaned)
+    assert set(results) == {"annotator confidence", "union of the marks", "core"}
+    core_as_prediction = results["core"]["hemorrhages"]
+    assert core_as_prediction["core"]["cpm"] == core_as_prediction["outside_marks"]["cpm"] == 1.0, \
+        "the core, uncleaned, finds every core lesion and nothing else"
+    # Thresholded near the core threshold, the resized confidence is the core but for resampling at its edges.
+    assert results["annotator confidence"]["hemorrhages"]["core"]["cpm"] > 0.9
+    for label in results.values():
+        assert 0.0 <= label["hemorrhages"]["truth"]["cpm"] <= 1.0
+    assert results["union of the marks"]["hemorrhages"]["core"]["cpm"] < 1.0, "marks beyond the core are false alarms"
+
+
+def test_label_ceiling_gives_a_softmax_task_a_background_plane_and_shares_overlaps():
+    from benchmarks.label_ceiling import as_probabilities
+
+    planes = np.array([[[[1.0, 1.0], [0.25, 0.0]]]], dtype=np.float32)  # one image, 1x2 pixels, two classes
+    probabilities = as_probabilities(planes, multiclass=True)
+    assert probabilities.shape == (1, 1, 2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0)
+    np.testing.assert_allclose(probabilities[0, 0, 0], [0.0, 0.5, 0.5])
+    np.testing.assert_allclose(probabilities[0, 0, 1], [0.75, 0.25, 0.0])
+    assert as_probabilities(planes, multiclass=False) is planes

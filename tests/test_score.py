@@ -8,29 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import one_line_error
+from helpers import CORE_THRESHOLD, generate_and_prepare, one_line_error
 from retinaseg.arrays import load_set
 from retinaseg.atomic import write_json
-from retinaseg.params import PrepareParams
-from retinaseg.prepare import prepare_dataset
 from retinaseg.score import Scoring, prediction_path, read_predictions, score, score_folder, write_predictions
-from retinaseg.synthetic import generate
 from retinaseg.tasks import Task
 
 TASKS = {task.name: task for task in (
     Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates", "softexudates")}),
     Task("binary", {"hemorrhages": ("hemorrhages",)}))}
-#: A lower core threshold than the pipeline's 0.75 keeps a few core pixels per class at 32 px.
-CORE_THRESHOLD = 0.5
 RULES = Scoring({"red": 0.4, "bright": 0.6}, "validation", "f_beta", None, None, 0.5, 2, True, 11)
-
-
-def generate_and_prepare(root, *, num_images, size, style, image_size, train_ids, tasks):
-    """A synthetic set generated under ``root/raw`` and prepared into ``root/prepared``; its manifest."""
-    generate(root / "raw", num_images=num_images, size=size, seed=0, style=style)
-    params = PrepareParams(threshold=0.1, core_threshold=CORE_THRESHOLD, image_size=image_size, crop_to_fundus=True,
-                           train_ids=train_ids)
-    return prepare_dataset(root / "raw", root / "prepared", tasks=tasks, params=params, workers=1)
 
 
 @pytest.fixture(scope="module")

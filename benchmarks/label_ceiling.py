@@ -1,0 +1,83 @@
+"""How far can a model trained on the annotators' labels go? ``python -m benchmarks.label_ceiling``.
+
+Scores the labels themselves as if a model had predicted them, with evaluation's rules (the
+cleaning and FROC of ``--rules``, an eval.json): the summed annotator confidence (the default
+training target, ``train.target: confidence``, learnt perfectly), the union of the marks and
+the core. What such a perfect learner of the labels does not reach against the simulator's
+truth, no model trained on them can be expected to reach: the labels cap it.
+
+    python -m benchmarks.label_ceiling [--reference data/prepared/test] [--task binary] \\
+        [--rules metrics/eval/binary/eval.json]
+
+Prints, per label and lesion class, the CPM against the core, the core with false positives
+only outside every mark, and (synthetic data) the truth with its CPM per lesion size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from retinaseg import score, truth
+from retinaseg.arrays import TARGET_SCALE, load_set
+
+#: The labels scored as predictions: name -> (confidence planes, core planes) -> lesion-plane probabilities.
+LABELS = {
+    "annotator confidence": lambda confidence, core: confidence.astype(np.float32) / TARGET_SCALE["confidence"],
+    "union of the marks": lambda confidence, core: (confidence > 0).astype(np.float32),
+    "core": lambda confidence, core: core.astype(np.float32),
+}
+
+
+def as_probabilities(lesion_planes: np.ndarray, multiclass: bool) -> np.ndarray:
+    """Lesion planes [N,S,S,K] in [0,1] -> a task's planes: a background plane first for a softmax task."""
+    if not multiclass:
+        return lesion_planes
+    total = lesion_planes.sum(axis=-1, keepdims=True)
+    lesion_planes = lesion_planes / np.maximum(total, 1.0)  # overlapping classes share one pixel
+    return np.concatenate([1.0 - np.minimum(total, 1.0), lesion_planes], axis=-1).astype(np.float32)
+
+
+def ceilings(reference_dir: Path, task_name: str, scoring: score.Scoring) -> dict[str, dict[str, dict]]:
+    """Label name -> lesion class -> the FROC summaries (``core``, ``outside_marks``, ``truth``) of that label."""
+    task = score.reference_task(reference_dir, task_name)
+    reference = load_set(reference_dir, task.name, core=True)
+    confidence = load_set(reference_dir, task.name, target="confidence")[task.name][..., task.lesion_planes]
+    core = reference[f"core_{task.name}"][..., task.lesion_planes]
+    simulated = truth.read_truth(reference_dir)
+    core_threshold = score.read_manifest(reference_dir)["core_threshold"]
+    results = {}
+    for label, planes_of in LABELS.items():
+        probabilities = as_probabilities(planes_of(confidence, core), task.is_multiclass)
+        summary, _, _ = score.score(reference, probabilities, task, scoring, label, core_threshold, simulated)
+        results[label] = {name: {"core": summary[name]["core"]["froc"],
+                                 "outside_marks": summary[name]["core"]["froc_outside_marks"],
+                                 **({"truth": summary[name]["truth"]["froc"]} if "truth" in summary[name] else {})}
+                          for name in task.lesion_names}
+    return results
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.label_ceiling", description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, default=Path("data/prepared/test"))
+    parser.add_argument("--task", default="binary")
+    parser.add_argument("--rules", type=Path, help="an eval.json whose cleaning applies "
+                        "(default: metrics/eval/<task>/eval.json)")
+    args = parser.parse_args(argv)
+    task = score.reference_task(args.reference, args.task)
+    scoring = score.Scoring.from_eval_json(args.rules or Path(f"metrics/eval/{args.task}/eval.json"),
+                                           task.lesion_names)
+    for label, by_class in ceilings(args.reference, args.task, scoring).items():
+        for name, frocs in by_class.items():
+            line = ", ".join(f"{reference} CPM {summary['cpm']:.3f}" for reference, summary in frocs.items())
+            if "truth" in frocs:
+                line += " (truth by size: " + ", ".join(f"{size} {group['cpm']:.3f}"
+                                                        for size, group in frocs["truth"]["by_size"].items()) + ")"
+            print(f"{label}, {name}: {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
