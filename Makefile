@@ -14,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
-.PHONY: run test venv ui server bench
+.PHONY: run test venv ui server bench lock
 
 run: $(VENV)/.installed
 	dvc repro
@@ -42,9 +42,22 @@ server: $(VENV)/.installed
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db \
 		--serve-artifacts --artifacts-destination $(CURDIR)/mlflow-server-artifacts
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# GPU=1 (`make run GPU=1`, on a fresh venv) installs requirements-gpu.txt: tensorflow[and-cuda] with NVIDIA's
+# CUDA and cuDNN wheels in place of tensorflow-cpu; everything else is pinned alike.
+REQUIREMENTS := $(if $(GPU),requirements-gpu.txt,requirements.txt)
+
+$(VENV)/.installed: $(REQUIREMENTS) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r $(REQUIREMENTS)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
+
+# Regenerate the pinned environments from pyproject.toml's ranges (keeping every pin that still fits).
+lock:
+	$(BIN)/pip install --quiet uv
+	for extra in cpu gpu; do \
+		out=$$([ $$extra = cpu ] && echo requirements.txt || echo requirements-gpu.txt); \
+		$(BIN)/uv pip compile pyproject.toml --extra $$extra --extra test --python-version 3.11 \
+			--python-platform x86_64-unknown-linux-gnu -o $$out -q; \
+	done

@@ -12,7 +12,7 @@ METRICS, MODELS = Path("metrics"), Path("models")
 def main(argv: list[str]) -> None:
     everything = params.load()
     variants, real_data = everything.variants, everything.data.source != "synthetic"
-    rows = comparison_rows(METRICS / "eval", MODELS, variants)
+    rows = comparison_rows(METRICS / "eval", METRICS / "train", MODELS, variants)
     table = markdown(rows, real_data)
     write_text(METRICS / "comparison.md", table)
     curves = {variant: read_curve(METRICS / "train" / variant / "train_curve.tsv") for variant in variants}
@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
     write_json(METRICS / "froc.json", froc)
     with atomic_path(METRICS / "comparison.png") as tmp:
         figure(rows, curves, froc, tmp, real_data)
-    tracking.log_to_runs({row["run_id"]: MODELS / row["variant"] for row in rows},
+    tracking.log_to_runs([METRICS / "train" / variant / tracking.RUN_FILE for variant in variants],
                          [METRICS / "comparison.md", METRICS / "comparison.png"], artifact_path="comparison")
     print(table)
 

@@ -1,4 +1,4 @@
-"""Stage train@<task>: fit the U-Net of one task; writes models/<task> and its curve.
+"""Stage train@<task>: fit the U-Net of one task; writes models/<task> and metrics/train/<task>.
 
 With ``train.distribute: multi_worker`` this process is one worker of a cluster that
 ``TF_CONFIG`` describes: run it as the chief (task 0) under ``dvc repro``, and on every other
@@ -22,8 +22,7 @@ def main(argv: list[str]) -> None:
     everything = params.load()
     task = everything.task(task_name)
     train_task(task, prepared_dir=Path("data/prepared"), augmented_dir=Path("data/augmented"),
-               outputs=Outputs(Path("models") / task.name, Path("metrics/train") / task.name / "train_curve.tsv",
-                               Path("checkpoints") / task.name),
+               outputs=Outputs(Path("models") / task.name, Path("metrics/train") / task.name, Path("checkpoints") / task.name),
                model_params=everything.model, train_params=everything.train,
                logged_params=params.as_written(LOGGED_BLOCKS, task.name))
 

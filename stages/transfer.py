@@ -1,9 +1,9 @@
 """Stage transfer: train a task's U-Net starting from another task's trained model.
 
-Writes models/<task>_transfer and its curve; trains with the same `train` block as the
+Writes models/<task>_transfer and metrics/train/<task>_transfer; trains with the same `train` block as the
 from-scratch model of the task, so the two compare at the same epoch budget. Under
 ``train.distribute: multi_worker`` every other worker runs ``python stages/transfer.py <task>``
-with its ``TF_CONFIG``, as stages/train.py says, and needs ``models/<transfer.init_from>`` too.
+with its ``TF_CONFIG``, as stages/train.py says, and needs ``models/<transfer.init_from>`` and its ``metrics/train`` folder too.
 """
 
 from pathlib import Path
@@ -21,11 +21,12 @@ def main(argv: list[str]) -> None:
     task, transfer = everything.task(task_name), everything.transfer
     variant = f"{task.name}_transfer"
     train_task(task, prepared_dir=Path("data/prepared"), augmented_dir=Path("data/augmented"),
-               outputs=Outputs(Path("models") / variant, Path("metrics/train") / variant / "train_curve.tsv",
-                               Path("checkpoints") / variant),
+               outputs=Outputs(Path("models") / variant, Path("metrics/train") / variant, Path("checkpoints") / variant),
                model_params=everything.model, train_params=everything.train,
                logged_params=params.as_written(LOGGED_BLOCKS, task.name), variant=variant,
-               init_dir=Path("models") / transfer.init_from, freeze_encoder_epochs=transfer.freeze_encoder_epochs)
+               init_from=Outputs(Path("models") / transfer.init_from, Path("metrics/train") / transfer.init_from,
+                                 Path("checkpoints") / transfer.init_from),
+               freeze_encoder_epochs=transfer.freeze_encoder_epochs)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,10 @@ def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
                           "binary", 0.75)
     write_json(tmp_path / "metrics" / "binary" / "eval.json", summary)
     write_json(tmp_path / "models" / "binary" / "run.json",
-               {"task": "binary", "train_seconds": 12.0, "epochs": 3, "parameters": 1000,
-                "mixed_precision": "float32", "run_id": "0" * 32})
-    [row] = comparison.comparison_rows(tmp_path / "metrics", tmp_path / "models", ["binary"])
+               {"task": "binary", "epochs": 3, "parameters": 1000, "mixed_precision": "float32"})
+    write_json(tmp_path / "train" / "binary" / "train.json", {"binary": {"best_val_dice": 0.5, "train_s": 12.0}})
+    [row] = comparison.comparison_rows(tmp_path / "metrics", tmp_path / "train", tmp_path / "models", ["binary"])
+    assert row["train_seconds"] == 12.0
     assert row["class"] == "hemorrhages" and row["threshold"] == 0.35 and row["init_from"] == "scratch"
     assert row["core_precision"] == 18 / 24 and row["core_recall"] == 1.0 and row["core_f1"] == 36 / 42
     assert row["core_lesion_sensitivity"] == 1.0 and row["core_fp_components_per_image"] == 0.5

@@ -68,10 +68,12 @@ RUNS = textwrap.dedent("""
                     training.train_task(
                         Task(run["task"], {name: tuple(kinds) for name, kinds in run["classes"].items()}),
                         prepared_dir=sets / "prepared", augmented_dir=sets / "augmented",
-                        outputs=training.Outputs(out / "model", out / "curve.tsv", out / "checkpoints"),
+                        outputs=training.Outputs(out / "model", out / "metrics", out / "checkpoints"),
                         model_params=ModelParams(**run["model"]), train_params=TrainParams(**run["train"]),
                         logged_params={}, variant=run.get("variant"),
-                        init_dir=Path(run["init_dir"]) if run.get("init_dir") else None,
+                        init_from=training.Outputs(Path(run["init_from"]) / "model", Path(run["init_from"]) / "metrics",
+                                                   Path(run["init_from"]) / "checkpoints")
+                        if run.get("init_from") else None,
                         freeze_encoder_epochs=run.get("freeze", 0))
                 except KeyboardInterrupt:
                     print(f"interrupted {out.name} after epoch {run['interrupt_after']}")
@@ -140,7 +142,7 @@ def trained(tmp_path_factory):
     sets = tiny_sets(root / "sets", image_size=32, train_ids="1-5", copies=7)  # 24 training rows, 2 validation
     mirrored, store, ports = root / "mirrored", root / "mlflow.db", free_ports(2)
     transfer = run_spec(mirrored / "transfer", "mirrored", MULTICLASS, variant="multiclass_transfer",
-                        init_dir=str(mirrored / "binary" / "model"), freeze=1, interrupt_after=2)
+                        init_from=str(mirrored / "binary"), freeze=1, interrupt_after=2)
     transfer["train"]["val_fraction"] = 0.0
     processes = {
         "mirrored": start(sets, mirrored, [run_spec(mirrored / "binary", "mirrored", interrupt_after=1),

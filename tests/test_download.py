@@ -687,3 +687,32 @@ def test_unknown_source_is_refused(tmp_path: Path) -> None:
         "data.source", "'diaretdb2'", "'synthetic'", "'diaretdb1'", "zip",
     )
     assert not (tmp_path / "raw").exists()
+
+
+def test_fetch_prints_the_archive_sha256_and_data_sha256_pins_it(
+    server: Server, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    data = archive.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    server.files["/official.zip"] = data
+    monkeypatch.setattr(fetch, "ARCHIVE_URL", f"{server.url}/official.zip")
+    monkeypatch.setattr(fetch, "ARCHIVE_SHA256", None)
+    monkeypatch.setattr(fetch, "ARCHIVE_SIZE", None)
+    _fetch("diaretdb1", tmp_path / "raw", tmp_path / "cache")
+    assert f"{len(data)} bytes, sha256 {digest} (pin it with `data.sha256: {digest}` in params.yaml)" in \
+        capsys.readouterr().out
+    fetch_dataset(_data("diaretdb1", sha256=digest), tmp_path / "raw2", cache_dir=tmp_path / "cache")
+    assert "as data.sha256 pins" in capsys.readouterr().out and server.requests == [None]
+    other = "0" * 64  # a pin the cached file does not match: it is downloaded again and refused
+    one_line_error(lambda: fetch_dataset(_data("diaretdb1", sha256=other), tmp_path / "raw3",
+                                         cache_dir=tmp_path / "cache"), f"sha256 {digest} instead of {other}")
+    assert not (tmp_path / "raw3").exists()
+
+
+def test_a_local_zip_that_data_sha256_does_not_pin_is_refused(archive: Path, tmp_path: Path) -> None:
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    fetch_dataset(_data(str(archive), sha256=digest), tmp_path / "raw", cache_dir=tmp_path / "cache")
+    one_line_error(lambda: fetch_dataset(_data(str(archive), sha256="f" * 64), tmp_path / "raw2",
+                                         cache_dir=tmp_path / "cache"),
+                   str(archive), f"sha256 {digest}", "data.sha256 in params.yaml pins", "set data.sha256 to null")
+    assert not (tmp_path / "raw2").exists()

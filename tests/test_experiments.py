@@ -39,6 +39,13 @@ def test_experiment_is_listed_with_its_params(workspace):
          "--name", "f1-thresholds"], workspace)
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], workspace).stdout
     assert "f1-thresholds" in shown and "evaluate.threshold_beta" in shown and "evaluate.operating_point" in shown
+    header = shown.splitlines()[0].split(",")
+    assert "binary.hemorrhages.cpm" in header and "transfer.train_s" in header
+    transfer_params = {f"transfer.{key}" for key in yaml.safe_load((workspace / "params.yaml").read_text())["transfer"]}
+    figures = [column for column in header if column.startswith(("binary.", "multiclass.", "transfer."))
+               and column not in transfer_params]
+    assert len(figures) == 25 and max(map(len, figures)) <= 30
+    assert not [column for column in header if ".json:" in column], "keys unique across files: no file prefixes"
     evaluation = json.loads((workspace / "metrics" / "eval" / "binary" / "eval.json").read_text())
     assert evaluation["operating_point"] == "f_beta" and evaluation["threshold_beta"] == 1.0
 
@@ -75,8 +82,6 @@ def test_a_task_added_in_params_is_prepared_trained_evaluated_and_compared(works
 
 @pytest.mark.slow
 def test_a_changed_file_in_a_local_source_reruns_fetch_and_an_unchanged_one_nothing(workspace):
-    import time
-
     from PIL import Image
 
     source = workspace / "local_copy"
@@ -84,9 +89,8 @@ def test_a_changed_file_in_a_local_source_reruns_fetch_and_an_unchanged_one_noth
     set_params(workspace, {"data": {"source": str(source)}})
     assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["compare", "fetch", "source"], \
         "the same files from another place: prepare and training stay as they are (compare declares data.source)"
-    started = time.perf_counter()
+    # An unchanged source reruns nothing (its cost is timed by `python -m benchmarks --only dvc_noop`, not here).
     assert ran_stages(run(["dvc", "repro"], workspace).stdout) == ["source"]
-    assert time.perf_counter() - started <= 3.0, "an unchanged source costs a no-op repro at most 3 s"
     maps = sorted((source / "resources" / "images" / "ddb1_groundtruth" / "hemorrhages").glob("*.png"))
     pixels = np.array(Image.open(maps[0]))
     pixels[:8, :8] = 21
@@ -95,9 +99,18 @@ def test_a_changed_file_in_a_local_source_reruns_fetch_and_an_unchanged_one_noth
 
 
 @pytest.mark.slow
-def test_same_inputs_give_byte_identical_eval_json_and_an_empty_metrics_diff(workspace, reproduced):
-    run(["dvc", "repro", "--force", "--single-item", "evaluate@binary", "evaluate_transfer"], workspace)
+def test_same_inputs_give_the_same_model_hash_byte_identical_eval_json_and_no_metrics_diff(workspace, reproduced):
+    """A retrained model is the same DVC output (nothing machine- or time-dependent in models/), as in two clones."""
+    run(["dvc", "repro", "--force", "--single-item", "train@binary", "evaluate@binary", "evaluate_transfer"], workspace)
+
+    def model_hashes(repo):
+        lock = yaml.safe_load((repo / "dvc.lock").read_text())
+        return [out["md5"] for out in lock["stages"]["train@binary"]["outs"] if out["path"] == "models/binary"]
+
+    assert model_hashes(workspace) == model_hashes(reproduced) != []
     for variant in ("binary", "multiclass_transfer"):
         path = Path("metrics") / "eval" / variant / "eval.json"
         assert (workspace / path).read_bytes() == (reproduced / path).read_bytes()
-    assert run(["dvc", "metrics", "diff", "--json"], workspace).stdout.strip() in ("", "{}")
+    changed = json.loads(run(["dvc", "metrics", "diff", "--json"], workspace).stdout or "{}")
+    assert set(changed) <= {"metrics/train/binary/train.json"}, "only the training seconds may differ"
+    assert set(changed.get("metrics/train/binary/train.json", {})) <= {"binary.train_s"}

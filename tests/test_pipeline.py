@@ -23,7 +23,8 @@ def test_repro_writes_every_declared_output(reproduced):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     outs = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
     assert {"data/raw", "data/prepared", "data/augmented", "models/binary", "metrics/comparison.md",
-            "data/predictions/multiclass_transfer", "metrics/train/binary/train_curve.tsv"} <= set(outs)
+            "data/predictions/multiclass_transfer", "metrics/train/binary/train_curve.tsv",
+            "metrics/train/binary/mlflow_run.json", "metrics/eval/binary/eval.json"} <= set(outs)
     for path in outs:
         assert (repo / path).exists(), path
     for variant in VARIANTS:
@@ -65,11 +66,33 @@ def test_repro_writes_every_declared_output(reproduced):
 
 
 @pytest.mark.slow
+def test_dvc_metrics_are_the_few_deciding_figures_under_keys_unique_across_models(reproduced):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], reproduced).stdout)
+    files = shown[""]["data"] if "" in shown else next(iter(shown.values()))["data"]
+    expected = {f"metrics/{kind}/{variant}/{name}" for variant in VARIANTS
+                for kind, name in (("train", "train.json"), ("eval", "summary.json"))}
+    assert set(files) == expected, "eval.json is an output, not a metric"
+    keys = {}
+    for path, content in files.items():
+        (key, figures), = content["data"].items()
+        keys.setdefault(key, set()).update(figures)
+    assert keys["binary"] == {"hemorrhages", "found", "fp", "area", "best_val_dice", "train_s"}
+    assert keys["transfer"] == {"red", "bright", "found", "fp", "area", "best_val_dice", "train_s"}
+    assert set(keys) == {"binary", "multiclass", "transfer"}, "one key per model: DVC adds no file prefix"
+    evaluation = json.loads((reproduced / "metrics" / "eval" / "binary" / "eval.json").read_text())
+    figures = files["metrics/eval/binary/summary.json"]["data"]["binary"]
+    assert figures["hemorrhages"] == {"cpm": evaluation["hemorrhages"]["core"]["froc"]["cpm"],
+                                      "dice": evaluation["hemorrhages"]["core"]["micro"]["f1"]}
+    assert figures["found"] == evaluation["hemorrhages"]["core"]["lesion"]["lesion_sensitivity"]
+
+
+@pytest.mark.slow
 def test_transfer_starts_from_the_binary_model_and_depends_on_it(reproduced):
     repo = reproduced
-    binary = json.loads((repo / "models" / "binary" / "run.json").read_text())
+    binary = json.loads((repo / "metrics" / "train" / "binary" / "mlflow_run.json").read_text())
+    linked = json.loads((repo / "metrics" / "train" / "multiclass_transfer" / "mlflow_run.json").read_text())
     transfer = json.loads((repo / "models" / "multiclass_transfer" / "run.json").read_text())
-    assert transfer["init_from"] == "binary" and transfer["init_from_run_id"] == binary["run_id"]
+    assert transfer["init_from"] == "binary" and linked["init_from_run_id"] == binary["run_id"]
     assert transfer["frozen_encoder_epochs"] == 1 and transfer["epochs"] == 2
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert "models/binary" in [dep["path"] for dep in lock["stages"]["transfer"]["deps"]]
@@ -96,6 +119,9 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
     client = MlflowClient()
     experiment = client.get_experiment_by_name("retinal-lesion-segmentation")
     runs = {run.data.tags["variant"]: run for run in client.search_runs([experiment.experiment_id])}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    hashes = {out["path"]: out["md5"].removesuffix(".dir") for stage in ("prepare", "augment")
+              for out in lock[stage]["outs"]}
     assert set(runs) == set(VARIANTS)
     for variant, found in runs.items():  # named after the model and the commit it was trained from
         name, _, commit = found.info.run_name.partition("@")
@@ -116,7 +142,16 @@ def test_mlflow_holds_one_run_per_task_with_params_and_metrics(reproduced):
         assert {"evaluation/froc"} <= set(artifacts)
         comparison = [a.path for a in client.list_artifacts(run.info.run_id, "comparison")]
         assert comparison == ["comparison/comparison.md", "comparison/comparison.png"]
+        contexts = {tag.value: entry.dataset for entry in run.inputs.dataset_inputs for tag in entry.tags
+                    if tag.key == "mlflow.data.context"}
+        assert {name: dataset.name for name, dataset in contexts.items()} == {
+            "training": "data/augmented", "validation": "data/prepared/train", "test": "data/prepared/test"}
+        assert contexts["test"].digest == contexts["validation"].digest == hashes["data/prepared"]
+        assert contexts["training"].digest == hashes["data/augmented"]
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        assert model.metadata.metadata["classes"] == json.loads(
+            (repo / "models" / variant / "run.json").read_text())["classes"]
+        assert model.metadata.saved_input_example_info is not None
         requirements = Path(mlflow.pyfunc.get_model_dependencies(f"runs:/{run.info.run_id}/model")).read_text()
         assert {f"keras=={keras.__version__}", f"numpy=={np.__version__}"} <= set(requirements.split())
         planes = 1 if variant == "binary" else 3

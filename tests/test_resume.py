@@ -24,6 +24,8 @@ from retinaseg.synthetic import generate
 from retinaseg.tasks import Task
 
 TASK = Task("binary", {"hemorrhages": ("hemorrhages",)})
+#: Where a training under ``out`` writes its curve (``training.Outputs.curve_path``).
+CURVE = Path("metrics") / "train_curve.tsv"
 MULTICLASS = Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates",)})
 #: A child process trains with these settings, as the train stage runs (one line and an exit code when stopped).
 #: Its mode: "kill:N" SIGKILLs itself after epoch N; "kill-in-save:N" SIGKILLs itself between two files of epoch
@@ -61,7 +63,7 @@ CHILD = textwrap.dedent("""
     stage.run(lambda argv: training.train_task(
         Task("binary", {"hemorrhages": ("hemorrhages",)}), prepared_dir=root / "prepared",
         augmented_dir=root / "augmented",
-        outputs=training.Outputs(out / "model", out / "curve.tsv", out / "checkpoints"),
+        outputs=training.Outputs(out / "model", out / "metrics", out / "checkpoints"),
         model_params=ModelParams(depth=2, base_filters=4, dropout=0.5, batch_norm=True, upsampling="transpose"),
         train_params=TrainParams(target="confidence", loss="dice_bce", lr=0.01, epochs=3, batch_size=2, seed=0,
                                  val_fraction=0.25, mixed_precision="float32", jit_compile=False, threads=0),
@@ -115,7 +117,7 @@ def resume_to_the_same_model(arrays: Path, out: Path, uninterrupted: Path, after
 def assert_same_model(resumed: Path, uninterrupted: Path) -> None:
     run, expected = (json.loads((out / "model" / "run.json").read_text()) for out in (resumed, uninterrupted))
     assert run["best_epoch"] == expected["best_epoch"] and run["best_val_dice"] == expected["best_val_dice"]
-    assert (resumed / "curve.tsv").read_text() == (uninterrupted / "curve.tsv").read_text()
+    assert (resumed / CURVE).read_text() == (uninterrupted / CURVE).read_text()
     for got, want in zip(weights(resumed / "model"), weights(uninterrupted / "model"), strict=True):
         assert np.array_equal(got, want)
 
@@ -132,14 +134,15 @@ def test_killed_training_resumes_in_the_same_run_and_ends_as_an_uninterrupted_on
     first = train(arrays, killed, "kill:2")
     assert first.returncode == -9, "the child killed itself after epoch 2"
     state = json.loads((killed / "checkpoints" / "epoch-0002" / "state.json").read_text())
-    assert state["epoch"] == 2 and not (killed / "model").exists() and not (killed / "curve.tsv").exists()
+    assert state["epoch"] == 2 and not (killed / "model").exists() and not (killed / CURVE).exists()
     client = MlflowClient(f"sqlite:///{killed.parent}/mlflow.db")
     assert client.get_run(state["run_id"]).info.status == "RUNNING"
 
     second = train(arrays, killed)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resuming after epoch 2" in second.stdout
-    run = json.loads((killed / "model" / "run.json").read_text())
+    run = {**json.loads((killed / "model" / "run.json").read_text()),
+           **json.loads((killed / "metrics" / "mlflow_run.json").read_text())}
     assert run["run_id"] == state["run_id"] and run["epochs"] == 3
     assert client.get_run(run["run_id"]).info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run["run_id"], "loss")] == [0, 1, 2]
@@ -231,7 +234,7 @@ def tiny_training(arrays: Path, folder: Path) -> dict:
 
     return dict(
         prepared_dir=arrays / "prepared", augmented_dir=arrays / "augmented",
-        outputs=training.Outputs(folder / "model", folder / "curve.tsv", folder / "checkpoints"),
+        outputs=training.Outputs(folder / "model", folder / "metrics", folder / "checkpoints"),
         model_params=ModelParams(depth=2, base_filters=4, dropout=0.5, batch_norm=True, upsampling="transpose"),
         train_params=TrainParams(target="mask", loss="dice", lr=0.01, epochs=2, batch_size=2, seed=0,
                                  val_fraction=0.25, mixed_precision="float32", jit_compile=False, threads=0),
@@ -278,7 +281,7 @@ def test_a_transfer_interrupted_at_the_end_of_its_frozen_phase_resumes_to_the_sa
         arguments = tiny_training(arrays, folder)
         arguments["train_params"] = arguments["train_params"].model_copy(update={"epochs": 3})
         return training.train_task(MULTICLASS, **arguments, variant="multiclass_transfer",
-                                   init_dir=tmp_path / "binary" / "model", freeze_encoder_epochs=1)
+                                   init_from=source["outputs"], freeze_encoder_epochs=1)
 
     whole = transfer(tmp_path / "whole")
     callbacks = training._callbacks

@@ -95,22 +95,39 @@ def test_what_must_never_be_committed_is_ignored_by_git(path):
     assert ignored.returncode == 0, f"git add -A would commit {path}"
 
 
+def pins(path):
+    """Package name -> pinned version of a requirements file."""
+    from packaging.requirements import Requirement
+
+    pinned = [Requirement(line.split(" ")[0]) for line in path.read_text().splitlines()
+              if line.strip() and not line.startswith(("#", " "))]
+    return {requirement.name.lower().replace("_", "-"): next(iter(requirement.specifier)).version
+            for requirement in pinned}
+
+
 def test_the_package_declares_what_it_needs_and_its_commands():
-    """`pip install .` gives a package that runs: every pin of requirements.in is within a declared range, test
-    tools as an extra; each declared command is a callable of the package."""
+    """`pip install ".[cpu]"` gives a package that runs: requirements.txt (CPU) and requirements-gpu.txt are generated
+    from pyproject.toml by the command in their header and pin every declared dependency within its range; the
+    GPU set has tensorflow with CUDA in place of tensorflow-cpu; each declared command is a callable of the package."""
     import importlib
     import tomllib
 
     from packaging.requirements import Requirement
 
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
-    pinned = {Requirement(line).name: Requirement(line) for line in (PROJECT / "requirements.in").read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
-    declared = [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["test"]]
-    assert sorted(requirement.name for requirement in declared) == sorted(pinned)
-    for requirement in declared:
-        (version,) = (spec.version for spec in pinned[requirement.name].specifier)
-        assert requirement.specifier.contains(version), f"{requirement} does not allow the pinned {version}"
+    extras = project["optional-dependencies"]
+    for file, extra in (("requirements.txt", "cpu"), ("requirements-gpu.txt", "gpu")):
+        header = (PROJECT / file).read_text().splitlines()[1]
+        assert header.strip("# ").startswith(f"uv pip compile pyproject.toml --extra {extra} --extra test ")
+        assert header.endswith(f"-o {file}")
+        pinned = pins(PROJECT / file)
+        for requirement in map(Requirement, project["dependencies"] + extras[extra] + extras["test"]):
+            version = pinned[requirement.name.lower()]
+            assert requirement.specifier.contains(version), f"{file}: {requirement} does not allow {version}"
+    assert "tensorflow-cpu" in pins(PROJECT / "requirements.txt") and "tensorflow" not in pins(PROJECT / "requirements.txt")
+    gpu = pins(PROJECT / "requirements-gpu.txt")
+    assert "tensorflow-cpu" not in gpu and "nvidia-cudnn-cu12" in gpu
+    assert gpu["tensorflow"] == pins(PROJECT / "requirements.txt")["tensorflow-cpu"]
     for command, target in project["scripts"].items():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function)), command

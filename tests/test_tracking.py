@@ -150,9 +150,21 @@ def test_a_run_missing_from_the_store_is_named_with_the_fix(tmp_path, monkeypatc
     from helpers import one_line_error
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    one_line_error(lambda: tracking.require_run("0123456789abcdef0123456789abcdef", Path("models/binary")),
-                   "models/binary/run.json: MLflow run 0123456789abcdef0123456789abcdef is not in",
-                   "dvc repro --force")
+    run_file = tmp_path / "metrics" / "train" / "binary" / tracking.RUN_FILE
+    run_file.parent.mkdir(parents=True)
+    run_file.write_text('{"run_id": "0123456789abcdef0123456789abcdef"}')
+    one_line_error(lambda: tracking.require_run(run_file),
+                   f"{run_file}: MLflow run 0123456789abcdef0123456789abcdef is not in", "dvc repro --force")
+
+
+@pytest.mark.parametrize("text", ["", "{not json", '{"experiment_id": "1"}', "[]"])
+def test_an_unreadable_run_file_is_named_with_the_fix(tmp_path, text):
+    from helpers import one_line_error
+
+    run_file = tmp_path / tracking.RUN_FILE
+    run_file.write_text(text)
+    one_line_error(lambda: tracking.read_run(run_file), f"{run_file}: no readable MLflow run", "dvc repro --force")
+    one_line_error(lambda: tracking.read_run(tmp_path / "missing.json"), "missing.json: no readable MLflow run")
 
 
 # --- A tracking server that is down or is not MLflow: setup stops within seconds with one line.

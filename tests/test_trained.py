@@ -130,6 +130,24 @@ def test_mlflow_runs_uri_loads_the_logged_model_and_its_run_json(saved, tmp_path
                    "runs:/0123456789abcdef0123456789abcdef/model", "cannot load it from", "mlflow ui")
 
 
+def test_a_registered_model_carries_what_predict_needs_without_a_run_json(saved, tmp_path, monkeypatch, capsys):
+    """Training logs classes, image size and crop as the model's metadata: the registered version alone suffices."""
+    import mlflow
+
+    from retinaseg import registry, tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    settings = {key: RUN[key] for key in ("task", "classes", "image_size", "crop_to_fundus")}
+    with mlflow.start_run(experiment_id=tracking.setup()) as run:
+        mlflow.tensorflow.log_model(load_trained(with_run_json(saved, tmp_path, RUN)).model, name="model",
+                                    pip_requirements=[], metadata=settings)
+    registry.register(run.info.run_id, "multiclass", "multiclass", 0.5)
+    trained = load_trained("models:/retinaseg-multiclass@champion")
+    assert trained.run == settings and trained.task.lesion_names == ["red", "bright"]
+    assert "note:" not in capsys.readouterr().out, "nothing had to be guessed"
+
+
 def test_a_registry_alias_loads_the_champion_and_its_run_json(saved, tmp_path, monkeypatch):
     import mlflow
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import one_line_error
-from retinaseg import params, training
+from retinaseg import params, tracking, training
 from retinaseg.augment import augment_training_set
 from retinaseg.errors import PipelineError
 from retinaseg.model import build_unet
@@ -54,7 +54,7 @@ def inputs(arrays: Path) -> dict:
 
 
 def outputs(folder: Path, name: str) -> training.Outputs:
-    return training.Outputs(folder / "models" / name, folder / f"{name}.tsv", folder / "checkpoints" / name)
+    return training.Outputs(folder / "models" / name, folder / "metrics" / name, folder / "checkpoints" / name)
 
 
 def test_validation_ids_are_a_seeded_subset_of_training_ids():
@@ -93,7 +93,8 @@ def test_nan_loss_stops_with_a_clear_message_and_no_outputs(arrays, tmp_path, mo
     with pytest.raises(PipelineError, match=r"train \w+: the loss became nan at epoch 1; lower train.lr"):
         training.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
     assert list((tmp_path / "models").iterdir()) == [], "no model folder, not even a partial one"
-    assert not list(tmp_path.glob("*.tsv")), "no training curve, not even a partial one"
+    assert not (tmp_path / "metrics").exists() or not list((tmp_path / "metrics").iterdir()), \
+        "no training curve, not even a partial one"
 
 
 @pytest.mark.usefixtures("mlflow_store")
@@ -155,12 +156,14 @@ def test_transfer_freezes_the_encoder_for_the_frozen_epochs_then_trains_it(array
 
     monkeypatch.setattr(training, "fit_phases", recording)
     transfer = training.train_task(MULTICLASS, outputs=outputs(tmp_path, "transfer"), train_params=train,
-                                   variant="multiclass_transfer", init_dir=tmp_path / "models" / "binary",
+                                   variant="multiclass_transfer", init_from=outputs(tmp_path, "binary"),
                                    freeze_encoder_epochs=frozen, **inputs(arrays))
     assert transfer["init_from_run_id"] == binary["run_id"]
     assert (transfer["frozen_encoder_epochs"], transfer["epochs"]) == (1, 2)
     run = json.loads((tmp_path / "models" / "transfer" / "run.json").read_text())
-    assert run["classes"] == ["background", "red", "bright"]
+    assert run["classes"] == ["background", "red", "bright"] and run["init_from"] == "binary"
+    linked = json.loads((tmp_path / "metrics" / "transfer" / tracking.RUN_FILE).read_text())
+    assert linked["init_from_run_id"] == binary["run_id"] and linked["run_id"] == transfer["run_id"]
 
     source = keras.saving.load_model(tmp_path / "models" / "binary" / "model.keras", compile=False)
     start, (after_frozen, after_all) = recorder.start, recorder.epochs
@@ -185,8 +188,8 @@ def test_transfer_freezes_the_encoder_for_the_frozen_epochs_then_trains_it(array
 @pytest.mark.usefixtures("mlflow_store")
 def test_transfer_from_a_missing_model_names_it(arrays, tmp_path):
     one_line_error(lambda: training.train_task(
-        MULTICLASS, outputs=outputs(tmp_path, "t"), train_params=TRAIN, init_dir=tmp_path / "binary",
-        **inputs(arrays)), "binary/model.keras: missing", "dvc repro")
+        MULTICLASS, outputs=outputs(tmp_path, "t"), train_params=TRAIN, init_from=outputs(tmp_path, "binary"),
+        **inputs(arrays)), "models/binary/model.keras: missing", "dvc repro")
 
 
 @pytest.mark.usefixtures("mlflow_store")
@@ -244,3 +247,23 @@ def test_a_model_learns_to_segment_bright_spots():
     # an untrained model scores at most 0.11. The bounds leave a wide margin for thread scheduling.
     assert trained > 0.8, f"Dice {trained:.3f} after training"
     assert trained > untrained + 0.5, f"Dice {untrained:.3f} untrained, {trained:.3f} trained"
+
+
+@pytest.mark.usefixtures("mlflow_store")
+def test_the_same_training_twice_gives_the_same_model_folder_and_a_new_run(arrays, tmp_path):
+    """models/<variant> holds nothing machine- or time-dependent, so DVC hashes it alike in every clone."""
+    first = training.train_task(BINARY, outputs=outputs(tmp_path / "one", "binary"), train_params=TRAIN,
+                                **inputs(arrays))
+    second = training.train_task(BINARY, outputs=outputs(tmp_path / "two", "binary"), train_params=TRAIN,
+                                 **inputs(arrays))
+    folders = [tmp_path / name / "models" / "binary" for name in ("one", "two")]
+    assert sorted(path.name for path in folders[0].iterdir()) == ["model.keras", "run.json"]
+    for name in ("model.keras", "run.json"):
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+    run = json.loads((folders[0] / "run.json").read_text())
+    assert not {"run_id", "experiment_id", "tracking_uri", "train_seconds", "init_from_run_id"} & set(run)
+    assert first["run_id"] != second["run_id"]
+    records = tmp_path / "one" / "metrics" / "binary"
+    assert json.loads((records / tracking.RUN_FILE).read_text())["run_id"] == first["run_id"]
+    figures = json.loads((records / "train.json").read_text())
+    assert figures == {"binary": {"best_val_dice": first["best_val_dice"], "train_s": first["train_seconds"]}}

@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from retinaseg import summary
+
 #: The tutorial's binary (haemorrhage) test result on real DIARETDB1 images 28-89,
 #: per-image mean, as published. Comparable only with runs on the real dataset.
 PUBLISHED_TUTORIAL = {"precision": 0.160, "recall": 0.149, "iou": 0.091, "f1": 0.130}
@@ -47,12 +49,13 @@ def _cell(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def comparison_rows(metrics_dir: Path, models_dir: Path, variants: list[str]) -> list[dict[str, Any]]:
+def comparison_rows(eval_dir: Path, train_dir: Path, models_dir: Path, variants: list[str]) -> list[dict[str, Any]]:
     """One row per variant and lesion class: scores against the core and the target, lesion level, cost."""
     rows = []
     for variant in variants:
-        evaluation = json.loads((metrics_dir / variant / "eval.json").read_text())
+        evaluation = json.loads((eval_dir / variant / "eval.json").read_text())
         run = json.loads((models_dir / variant / "run.json").read_text())
+        trained = json.loads((train_dir / variant / "train.json").read_text())[summary.model_key(variant)]
         for name in evaluation["lesion_classes"]:
             scores, core = evaluation[name], evaluation[name]["core"]
             rows.append({"variant": variant, "task": run["task"], "init_from": run.get("init_from", "scratch"),
@@ -64,9 +67,8 @@ def comparison_rows(metrics_dir: Path, models_dir: Path, variants: list[str]) ->
                          "predicted_fov_share": core["predicted_fov_share"],
                          "reference_fov_share": core["reference_fov_share"], "core_auc_pr": core["pr"]["auc_pr"],
                          **_detection("core", core), **_detection("truth", scores.get("truth")),
-                         "train_seconds": run["train_seconds"], "epochs": run["epochs"],
-                         "parameters": run["parameters"], "mixed_precision": run["mixed_precision"],
-                         "run_id": run["run_id"]})
+                         "train_seconds": trained["train_s"], "epochs": run["epochs"],
+                         "parameters": run["parameters"], "mixed_precision": run["mixed_precision"]})
     return sorted(rows, key=lambda row: -_rank(row["core_cpm"]))
 
 

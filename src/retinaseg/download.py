@@ -30,10 +30,12 @@ from retinaseg.errors import PipelineError
 from retinaseg.params import SOURCE_KEYWORDS, DataParams
 from retinaseg.synthetic import generate
 
+# Plain http: the project page has only ever been published at this address, and whether the server answers
+# https could not be checked from a machine without internet; the sha256 (data.sha256) is what guards the file.
 PAGE_URL = "http://www.it.lut.fi/project/imageret/diaretdb1/"
 ARCHIVE_URL = PAGE_URL + layout.ARCHIVE_NAME
-# Size and sha256 of the official zip, recorded once known; until then a download
-# is not verified and logs both values so they can be filled in here.
+# Size and sha256 of the official zip, recorded once known; until then a download is checked only against
+# data.sha256 in params.yaml (when set) and prints both values so they can be pinned there.
 ARCHIVE_SIZE: int | None = None
 ARCHIVE_SHA256: str | None = None
 
@@ -175,11 +177,15 @@ def fetch_dataset(data: DataParams, out_dir: Path, *, cache_dir: Path) -> None:
             _validate(tmp, shown_as=str(out_dir))
     elif source == "diaretdb1":
         archive = Path(cache_dir) / layout.ARCHIVE_NAME
-        if not _verified(archive):
-            download(ARCHIVE_URL, archive, sha256=ARCHIVE_SHA256, size=ARCHIVE_SIZE)
+        pinned = data.sha256 or ARCHIVE_SHA256
+        if not _verified(archive, pinned):
+            download(ARCHIVE_URL, archive, sha256=pinned, size=ARCHIVE_SIZE)
         _install_zip(archive, out_dir)
+        _report(archive, data.sha256)
     elif (path := Path(source).expanduser()).is_file():
+        _check_pinned(path, data.sha256)
         _install_zip(path, out_dir)
+        _report(path, data.sha256)
     elif path.is_dir():
         root = _validate(path, shown_as=str(path))
         with atomic_path(out_dir, is_dir=True) as tmp:
@@ -231,22 +237,36 @@ def _verify(url: str, part: Path, *, sha256: str | None, size: int | None) -> No
         raise PipelineError(f"{url}: the download has {problem} and was deleted; run again, or {_BY_HAND}")
     if sha256 is None and size is None:
         logger.warning("%s is not verified: neither its size nor its sha256 is recorded to check against; "
-                       "size=%d sha256=%s; record them in %s", url, actual_size, digest, __name__)
+                       "size=%d sha256=%s; pin it with data.sha256 in params.yaml", url, actual_size, digest)
     elif sha256 is None:
         logger.warning("%s is not verified: its size matched, but no sha256 is recorded to check against; "
-                       "size=%d sha256=%s; record the sha256 in %s", url, actual_size, digest, __name__)
+                       "size=%d sha256=%s; pin it with data.sha256 in params.yaml", url, actual_size, digest)
     elif size is None:
         logger.warning("%s matched its recorded sha256; its size was not checked (none recorded): "
                        "size=%d; record it in %s", url, actual_size, __name__)
 
 
-def _verified(archive: Path) -> bool:
+def _verified(archive: Path, sha256: str | None) -> bool:
     """True if a previous run left a complete archive (``download`` renames only complete files)."""
     if not archive.is_file():
         return False
     if ARCHIVE_SIZE is not None and archive.stat().st_size != ARCHIVE_SIZE:
         return False
-    return ARCHIVE_SHA256 is None or sha256sum(archive) == ARCHIVE_SHA256
+    return sha256 is None or sha256sum(archive) == sha256
+
+
+def _check_pinned(archive: Path, sha256: str | None) -> None:
+    """A local archive must be the one ``data.sha256`` pins, when it pins one."""
+    if sha256 is not None and (digest := sha256sum(archive)) != sha256:
+        raise PipelineError(f"{archive}: sha256 {digest}, but data.sha256 in params.yaml pins {sha256}; "
+                            "point data.source at the pinned archive or set data.sha256 to null")
+
+
+def _report(archive: Path, pinned: str | None) -> None:
+    """Print what was installed, so its sha256 can be pinned (``data.sha256``) and every later fetch checked."""
+    digest = sha256sum(archive)
+    check = "as data.sha256 pins" if pinned else f"pin it with `data.sha256: {digest}` in params.yaml"
+    print(f"fetch: {archive.name}, {archive.stat().st_size} bytes, sha256 {digest} ({check})")
 
 
 def _install_zip(zip_path: Path, out_dir: Path) -> None:

@@ -13,6 +13,7 @@ from retinaseg.arrays import load_set
 from retinaseg.atomic import atomic_path, write_json
 from retinaseg.params import EvaluateParams
 from retinaseg.score import Curves, Scoring, score_folder, write_predictions
+from retinaseg.summary import evaluation_figures
 from retinaseg.tasks import Task
 from retinaseg.trained import TrainedModel, load_trained
 
@@ -92,18 +93,19 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     return chosen, "validation"
 
 
-def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, predictions_dir: Path, out_dir: Path,
-                  params: EvaluateParams) -> dict[str, Any]:
+def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, run_path: Path, predictions_dir: Path,
+                  out_dir: Path, params: EvaluateParams) -> dict[str, Any]:
     """Predict the test split into ``predictions_dir``, score that folder, draw and log to the training run.
 
     Predictions are thresholded per class (``evaluate.threshold``), limited to the field of
     view, cleaned of specks and optic-disc components, then scored against the training
-    target and against the lesion core (``score``). Writes into ``out_dir``: ``eval.json``,
-    ``pr_curves/<class>.json`` (precision-recall against the core) and ``overlays/``.
+    target and against the lesion core (``score``). Writes into ``out_dir``: ``eval.json``, its
+    deciding figures ``summary.json`` (``summary``), ``pr_curves/<class>.json`` (precision-recall
+    against the core), ``froc/`` and ``overlays/``. ``run_path`` names the training's MLflow run.
     """
+    run_id = tracking.require_run(run_path)  # first: a store that cannot be used stops the stage before any work
     trained = load_trained(model_dir)
-    run_id, task = trained.require("run_id"), trained.task
-    tracking.require_run(run_id, model_dir)  # first: a store that cannot be used stops the stage before any work
+    task = trained.task
     thresholds, source = choose_thresholds(trained, prepared_dir, params)
     scoring = Scoring(dict(zip(task.lesion_names, thresholds)), source, params.operating_point,
                       params.target_fp_per_image, params.max_area_ratio, params.threshold_beta, params.min_component_px,
@@ -113,7 +115,7 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, predicti
     summary, curves, predicted = score_folder(prepared_dir / "test", predictions_dir, task, scoring, variant)
     core = test[f"core_{task.name}"].astype(bool)
     _write_outputs(out_dir, summary, curves, test["images"][:params.n_overlays], core, predicted, task, variant)
-    _log(run_id, out_dir, summary, params, task, variant)
+    _log(run_id, out_dir, summary, params, task, variant, prepared_dir / "test", test)
     return summary
 
 
@@ -135,14 +137,17 @@ def _write_outputs(out_dir: Path, summary: dict, curves: Curves, images: np.ndar
                               title=f"{variant} image{ids[row]:03d} vs core")
             picture.save(tmp / f"image{ids[row]:03d}.png")
     write_json(out_dir / "eval.json", summary)
+    write_json(out_dir / "summary.json", evaluation_figures(summary))
 
 
-def _log(run_id: str, out_dir: Path, summary: dict, params: EvaluateParams, task: Task, variant: str) -> None:
-    """Log the test metrics and files to the training run, then register its model (``registry``)."""
+def _log(run_id: str, out_dir: Path, summary: dict, params: EvaluateParams, task: Task, variant: str,
+         test_dir: Path, test: dict[str, np.ndarray]) -> None:
+    """Log the test set, metrics and files to the training run, then register its model (``registry``)."""
     import mlflow
 
     metrics = flat_test_metrics(summary)
     with mlflow.start_run(run_id=run_id):
+        tracking.log_dataset("test", test_dir.as_posix(), test["images"], test[f"core_{task.name}"])
         mlflow.set_tags({f"evaluate.{key}": value for key, value in params.model_dump().items()})
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(out_dir / "eval.json"), artifact_path="evaluation")

@@ -132,6 +132,8 @@ class DataParams(Block):
     image_width: integer(32, 6000)
     image_height: integer(32, 6000)
     synthetic: choice("realistic", "easy")
+    sha256: Annotated[str | None, Field(pattern=r"^[0-9a-f]{64}$", description=(
+        "null or the 64 lower-case hex digits of the archive's sha256, as fetch prints them"))] = None
 
 
 class PrepareParams(Block):

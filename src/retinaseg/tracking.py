@@ -18,6 +18,7 @@ a file lock beside the database, ``mlflow.db.lock``, which also serialises model
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -262,21 +263,74 @@ def log_params(params: dict[str, Any]) -> None:
                        for key, value in params.items()})
 
 
-def require_run(run_id: str, model_dir: Path) -> None:
-    """Stop with a clear message when a model's training run is not in this MLflow store.
+def dvc_hash(path: str, lock: Path = Path("dvc.lock")) -> str | None:
+    """The md5 that ``dvc.lock`` records for the output ``path`` (without DVC's ``.dir``), or None if it has none.
+
+    During ``dvc repro`` an upstream stage's entry is written before the next stage starts.
+    """
+    import yaml
+
+    try:
+        stages = yaml.safe_load(lock.read_text())["stages"].values()
+        hashes = [out["md5"] for stage in stages for out in stage.get("outs", []) if out.get("path") == path]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    return hashes[0].removesuffix(".dir") if hashes else None
+
+
+def log_dataset(context: str, folder: str, images: Any, targets: Any) -> None:
+    """Log one split of the active run as an MLflow dataset (the runs table's Dataset column).
+
+    Its name and source are the DVC output ``folder`` it was read from (``data/prepared/train``),
+    its digest that output's DVC hash, so a run names the data version it used (``data.source``,
+    where that data came from, is a param of the training run).
+    """
+    import warnings
+
+    import mlflow
+
+    top = "/".join(folder.split("/")[:2])  # data/prepared/train is inside the DVC output data/prepared
+    with warnings.catch_warnings():  # a relative path fits two local source types; MLflow picks the right one
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted", UserWarning)
+        dataset = mlflow.data.from_numpy(images, source=folder, targets=targets, name=folder, digest=dvc_hash(top))
+    mlflow.log_input(dataset, context=context)
+
+
+#: Beside a training's curve: the MLflow run that trained a model (evaluate continues it), kept out of
+#: ``models/<variant>`` because a run id differs on every training and DVC would see a new model.
+RUN_FILE = "mlflow_run.json"
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """The ``RUN_FILE`` a training wrote: ``run_id``, ``experiment_id``, ``tracking_uri``, ``init_from_run_id``."""
+    try:
+        run = json.loads(Path(path).read_text())
+        if not isinstance(run.get("run_id"), str):
+            raise ValueError("no run_id")
+    except (OSError, ValueError, AttributeError) as error:
+        raise PipelineError(f"{path}: no readable MLflow run of a training ({type(error).__name__}: "
+                            f"{_first_line(error)}); rerun the training with `dvc repro --force <its train stage>`"
+                            ) from None
+    return run
+
+
+def require_run(run_path: Path) -> str:
+    """The run id in ``run_path``; stop with a clear message when that run is not in this MLflow store.
 
     That happens when models come from a DVC cache or remote but ``mlflow.db`` does not.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    run_id = read_run(run_path)["run_id"]
     setup()
     try:
         MlflowClient().get_run(run_id)
     except MlflowException:
-        raise PipelineError(f"{model_dir}/run.json: MLflow run {run_id} is not in {tracking_uri()}; "
+        raise PipelineError(f"{run_path}: MLflow run {run_id} is not in {tracking_uri()}; "
                             f"retrain it with `dvc repro --force` on its train stage, or point "
                             "MLFLOW_TRACKING_URI at the store that holds it") from None
+    return run_id
 
 
 def end_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
@@ -294,14 +348,13 @@ def end_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> Non
         pass  # not in this store (another machine's, or deleted): nothing is left running here
 
 
-def log_to_runs(runs: dict[str, Path], files: list[Path], artifact_path: str) -> None:
-    """Attach the same files to several finished runs (run id -> model folder), so each run's page shows them."""
+def log_to_runs(run_paths: list[Path], files: list[Path], artifact_path: str) -> None:
+    """Attach the same files to several finished runs (their ``RUN_FILE`` paths), so each run's page shows them."""
     from mlflow import MlflowClient
 
-    for run_id, model_dir in runs.items():
-        require_run(run_id, model_dir)
+    run_ids = [require_run(path) for path in run_paths]
     client = MlflowClient()
-    for run_id in runs:
+    for run_id in run_ids:
         for path in files:
             client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 

@@ -109,15 +109,19 @@ def _load_mlflow(uri: str) -> tuple[Any, dict[str, Any] | None]:
 
 
 def _mlflow_run_json(uri: str) -> dict[str, Any] | None:
-    """run.json from the artifact root of the run that logged the model; None if absent.
+    """The settings the model was logged with (its metadata), else run.json from the artifact root of the run
+    that logged it; None if neither is there.
 
-    Older runs lack it, and some URIs resolve to no run, so every failure means "absent".
+    Older runs lack both, and some URIs resolve to no run, so every failure means "absent".
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        run_id = mlflow.models.get_model_info(uri).run_id
+        info = mlflow.models.get_model_info(uri)
+        if info.metadata and "classes" in info.metadata:
+            return dict(info.metadata)
+        run_id = info.run_id
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run.json", dst_path=tmp)
             return _read_json(Path(path))

@@ -13,10 +13,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from retinaseg import distribute, hardware, losses, resume, tracking
+from retinaseg import distribute, hardware, losses, resume, summary, tracking
 from retinaseg.arrays import TARGET_SCALE, load_set
 from retinaseg.atomic import atomic_path, write_json
 from retinaseg.errors import PipelineError, Stopped
+from retinaseg.keras_file import make_reproducible
 from retinaseg.model import build_unet, is_encoder_layer, transfer_weights
 from retinaseg.params import ModelParams, TrainParams
 from retinaseg.resume import Progress, SaveProgress
@@ -39,12 +40,29 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Where a training run writes: the model folder (model.keras, run.json) and the epoch curve, and where
-    it keeps its progress until it ends (outside the stage's outputs, which DVC deletes before a rerun)."""
+    """Where a training run writes, and where it keeps its progress until it ends (outside the stage's outputs,
+    which DVC deletes before a rerun).
+
+    ``model_dir`` holds what depends only on the inputs (model.keras, run.json), so DVC gives the same
+    model the same hash in every clone; ``metrics_dir`` what differs on every run: the epoch curve, the
+    deciding figures (``summary``) and the MLflow run (``tracking.RUN_FILE``).
+    """
 
     model_dir: Path
-    curve_path: Path
+    metrics_dir: Path
     progress_dir: Path
+
+    @property
+    def curve_path(self) -> Path:
+        return self.metrics_dir / "train_curve.tsv"
+
+    @property
+    def figures_path(self) -> Path:
+        return self.metrics_dir / "train.json"
+
+    @property
+    def run_path(self) -> Path:
+        return self.metrics_dir / tracking.RUN_FILE
 
 
 def validation_ids(train_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -164,16 +182,14 @@ def fit_phases(model, task: Task, params: TrainParams, data: TrainingData, callb
 
 def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: Outputs,
                model_params: ModelParams, train_params: TrainParams, logged_params: dict[str, Any],
-               variant: str | None = None, init_dir: Path | None = None,
+               variant: str | None = None, init_from: Outputs | None = None,
                freeze_encoder_epochs: int = 0) -> dict[str, Any]:
     """Train, keep the best epoch by validation Dice, log everything to MLflow.
 
-    ``variant`` names the run (default: the task). With ``init_dir`` (a trained
-    ``models/<task>``), the model starts from that model's weights wherever layer shapes
-    match, and its encoder stays frozen for the first ``freeze_encoder_epochs`` of the
-    same epoch budget. Writes ``model.keras`` and ``run.json`` (the MLflow run that evaluate
-    continues) into ``outputs.model_dir`` and the per-epoch curve, all atomically (of multi_worker's
-    processes, the chief alone). A run killed mid-way resumes from ``outputs.progress_dir`` in the same MLflow run.
+    ``variant`` names the run (default: the task). With ``init_from`` (another task's training), the
+    model starts from its weights wherever layer shapes match, its encoder frozen for the first
+    ``freeze_encoder_epochs`` of the same epoch budget. Writes ``outputs`` atomically (of multi_worker's processes, the chief
+    alone); a run killed mid-way resumes from ``outputs.progress_dir`` in the same MLflow run.
     """
     chief = distribute.is_chief(train_params.distribute)  # a bad TF_CONFIG stops the stage before any work
     experiment_id = tracking.setup() if chief else ""  # first: a tracking server that is down stops the stage
@@ -181,7 +197,7 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
     data = load_training_data(task, prepared_dir, augmented_dir, train_params)
     weights = _class_weights(data, train_params)
     precision, strategy = _start_tensorflow(train_params, data)
-    model, source, frozen_epochs = _model(task, data, model_params, strategy, init_dir, freeze_encoder_epochs)
+    model, source, frozen_epochs = _model(task, data, model_params, strategy, init_from, freeze_encoder_epochs)
     if not chief:
         return _train_in_step(model, task, train_params, data, frozen_epochs, weights)
     import mlflow
@@ -196,31 +212,34 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
         epochs = list(state["history"]) if state else []
         try:
             with (_start_run(experiment_id, variant, _tags(task, variant, source), state) as run,
-                  atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.curve_path) as curve):
+                  atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.metrics_dir, is_dir=True) as
+                  records):
                 tracking.log_params({**logged_params, **_run_params(variant, task, model, data, weights, source),
                                      "mixed_precision_used": precision, "train.distribute": train_params.distribute,
                                      "replicas": distribute.replicas(strategy)})
+                _log_datasets(data, prepared_dir, augmented_dir)
                 _resume(model, progress, state, run.info.run_id)
                 started = time.perf_counter()
                 callbacks = _callbacks(progress, monitor, run.info.run_id, epochs, stop)
                 fit_phases(model, task, train_params, data, callbacks, frozen_epochs, weights, progress,
                            done=state["epoch"] if state else 0)
                 seconds = time.perf_counter() - started
-                progress.hand_over(out / "model.keras", curve)
-                summary = {"run_id": run.info.run_id, "experiment_id": experiment_id,
-                           "tracking_uri": tracking.tracking_uri(), "variant": variant,
-                           **_described(task, data, model, prepared_dir, source, frozen_epochs, precision),
-                           "train_seconds": round(seconds, 1), **_best_epoch(epochs, monitor)}
-                _log_results(summary, seconds, monitor, out / "model.keras", data.train_x[:1],
+                progress.hand_over(out / "model.keras", records / outputs.curve_path.name)
+                described = {"variant": variant, **_described(task, data, model, prepared_dir, source, frozen_epochs,
+                                                               precision), **_best_epoch(epochs, monitor)}
+                _log_results(described, seconds, monitor, out / "model.keras", data.train_x[:1],
                              unfreeze=bool(frozen_epochs))
-                write_json(out / "run.json", summary)
+                make_reproducible(out / "model.keras")
+                write_json(out / "run.json", described)
+                linked = _write_records(records, outputs, run.info.run_id, experiment_id, source,
+                                        summary.training_figures(variant, monitor, described[f"best_{monitor}"], seconds))
                 mlflow.log_artifact(str(out / "run.json"))
         except StopRequested as stopped:
             raise _stopped(variant, stopped, run.info.run_id, len(epochs)) from None
         progress.clear()
-    print(f"train {variant}: best {monitor} {summary[f'best_{monitor}']:.3f} at epoch {summary['best_epoch']}, "
+    print(f"train {variant}: best {monitor} {described[f'best_{monitor}']:.3f} at epoch {described['best_epoch']}, "
           f"{seconds:.0f} s; MLflow run {run.info.run_id}")
-    return summary
+    return {**described, **linked, "train_seconds": round(seconds, 1)}
 
 
 def _described(task: Task, data: TrainingData, model, prepared_dir: Path, source: dict[str, Any] | None,
@@ -229,7 +248,6 @@ def _described(task: Task, data: TrainingData, model, prepared_dir: Path, source
     return {"task": task.name, "classes": task.plane_names, "val_ids": data.val_ids.tolist(),
             "image_size": data.train_x.shape[1], "crop_to_fundus": _crop_to_fundus(prepared_dir),
             "init_from": source["task"] if source else "scratch",
-            "init_from_run_id": source["run_id"] if source else None,
             "frozen_encoder_epochs": frozen_epochs, "mixed_precision": precision, "parameters": model.count_params()}
 
 
@@ -237,6 +255,23 @@ def _best_epoch(epochs: list[dict[str, float]], monitor: str) -> dict[str, Any]:
     """The epochs trained, the best one (counted from 1) and its ``monitor`` value."""
     best = int(np.argmax([logs[monitor] for logs in epochs]))
     return {"epochs": len(epochs), "best_epoch": best + 1, f"best_{monitor}": epochs[best][monitor]}
+
+
+def _log_datasets(data: TrainingData, prepared_dir: Path, augmented_dir: Path) -> None:
+    """The training rows and the validation images as the MLflow datasets of the run, named by their DVC folders."""
+    tracking.log_dataset("training", augmented_dir.as_posix(), data.train_x, data.train_y)
+    if len(data.val_x):
+        tracking.log_dataset("validation", (prepared_dir / "train").as_posix(), data.val_x, data.val_y)
+
+
+def _write_records(records: Path, outputs: Outputs, run_id: str, experiment_id: str, source: dict[str, Any] | None,
+                   figures: dict[str, Any]) -> dict[str, Any]:
+    """Beside the curve in ``records`` (``outputs.metrics_dir`` being written): the MLflow run and the figures."""
+    linked = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking.tracking_uri(),
+              "init_from_run_id": source["run_id"] if source else None}
+    write_json(records / outputs.run_path.name, linked)
+    write_json(records / outputs.figures_path.name, figures)
+    return linked
 
 
 def _stopped(variant: str, stopped: StopRequested, run_id: str, epochs_done: int) -> Stopped:
@@ -260,13 +295,13 @@ def _start_tensorflow(params: TrainParams, data: TrainingData) -> tuple[str, tf.
 
 
 def _model(task: Task, data: TrainingData, model_params: ModelParams, strategy: tf.distribute.Strategy,
-           init_dir: Path | None, freeze_encoder_epochs: int) -> tuple[keras.Model, dict[str, Any] | None, int]:
+           init_from: Outputs | None, freeze_encoder_epochs: int) -> tuple[keras.Model, dict[str, Any] | None, int]:
     """The U-Net, its variables made in the strategy's scope; the trained model it starts from, if any;
     and the epochs its encoder stays frozen."""
     with strategy.scope():
         model = build_unet(data.train_x.shape[1], task, model_params)
     distribute.enable_multi_worker_fit(model, strategy)
-    source = _initialise(model, init_dir) if init_dir else None
+    source = _initialise(model, init_from) if init_from else None
     return model, source, freeze_encoder_epochs if source else 0
 
 
@@ -367,17 +402,18 @@ def _crop_to_fundus(prepared_dir: Path) -> bool:
     return json.loads((prepared_dir / "manifest.json").read_text())["crop_to_fundus"]
 
 
-def _log_results(summary: dict[str, Any], seconds: float, monitor: str, checkpoint: Path, sample: np.ndarray,
+def _log_results(described: dict[str, Any], seconds: float, monitor: str, checkpoint: Path, sample: np.ndarray,
                  unfreeze: bool) -> None:
-    """Log the run's final metrics and the best epoch's model with its signature to MLflow.
+    """Log the run's final metrics and the best epoch's model with its signature, an input example and the
+    settings predict needs (``metadata``) to MLflow.
 
     The model is made fully trainable on disk first: a best epoch from the frozen phase was
     saved with the encoder frozen.
     """
     import mlflow
 
-    mlflow.log_metrics({"train_seconds": seconds, "best_epoch": summary["best_epoch"],
-                        f"best_{monitor}": summary[f"best_{monitor}"]})
+    mlflow.log_metrics({"train_seconds": seconds, "best_epoch": described["best_epoch"],
+                        f"best_{monitor}": described[f"best_{monitor}"]})
 
     best = keras.saving.load_model(checkpoint, compile=False)
     if unfreeze:
@@ -385,7 +421,10 @@ def _log_results(summary: dict[str, Any], seconds: float, monitor: str, checkpoi
         best.save(checkpoint)
     sample = sample.astype(np.float32)
     signature = mlflow.models.infer_signature(sample, best.predict(sample, verbose=0))
-    mlflow.tensorflow.log_model(best, name="model", signature=signature, pip_requirements=model_requirements())
+    # What predict needs beside the weights travels with the model, and so with every registered version of it.
+    metadata = {key: described[key] for key in ("task", "classes", "image_size", "crop_to_fundus")}
+    mlflow.tensorflow.log_model(best, name="model", signature=signature, input_example=sample, metadata=metadata,
+                                pip_requirements=model_requirements())
 
 
 def model_requirements() -> list[str]:
@@ -405,8 +444,9 @@ def model_requirements() -> list[str]:
     return pinned
 
 
-def _initialise(model, init_dir: Path) -> dict[str, Any]:
+def _initialise(model, init_from: Outputs) -> dict[str, Any]:
     """Load the source model's weights into ``model``; return its run and what was copied."""
+    init_dir = init_from.model_dir
     if not (init_dir / "model.keras").is_file():
         raise PipelineError(f"{init_dir / 'model.keras'}: missing; the transfer starts from it, run "
                             f"`dvc repro train@{init_dir.name}` first")
@@ -416,4 +456,5 @@ def _initialise(model, init_dir: Path) -> dict[str, Any]:
         raise PipelineError(f"{init_dir}: no layer has the shape of the new model's; train both with the "
                             "same model.depth and model.base_filters")
     print(f"init from {init_dir}: {len(copied)} layers copied, new: {', '.join(kept)}")
-    return {"run_id": source.require("run_id"), "task": source.require("task"), "copied": copied, "kept": kept}
+    return {"run_id": tracking.read_run(init_from.run_path)["run_id"], "task": source.require("task"),
+            "copied": copied, "kept": kept}
