@@ -297,12 +297,13 @@ def log_dataset(context: str, folder: str, images: Any, targets: Any) -> None:
 
 
 #: Beside a training's curve: the MLflow run that trained a model (evaluate continues it), kept out of
-#: ``models/<variant>`` because a run id differs on every training and DVC would see a new model.
+#: ``models/<variant>`` because a run id differs on every training and DVC would see a new model. The store
+#: is not named in it (``tracking_uri`` finds it), so the committed file holds no machine's path.
 RUN_FILE = "mlflow_run.json"
 
 
 def read_run(path: Path) -> dict[str, Any]:
-    """The ``RUN_FILE`` a training wrote: ``run_id``, ``experiment_id``, ``tracking_uri``, ``init_from_run_id``."""
+    """The ``RUN_FILE`` a training wrote: ``run_id``, ``experiment_id``, ``init_from_run_id``."""
     try:
         run = json.loads(Path(path).read_text())
         if not isinstance(run.get("run_id"), str):

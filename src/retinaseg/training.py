@@ -267,8 +267,7 @@ def _log_datasets(data: TrainingData, prepared_dir: Path, augmented_dir: Path) -
 def _write_records(records: Path, outputs: Outputs, run_id: str, experiment_id: str, source: dict[str, Any] | None,
                    figures: dict[str, Any]) -> dict[str, Any]:
     """Beside the curve in ``records`` (``outputs.metrics_dir`` being written): the MLflow run and the figures."""
-    linked = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking.tracking_uri(),
-              "init_from_run_id": source["run_id"] if source else None}
+    linked = {"run_id": run_id, "experiment_id": experiment_id, "init_from_run_id": source["run_id"] if source else None}
     write_json(records / outputs.run_path.name, linked)
     write_json(records / outputs.figures_path.name, figures)
     return linked
