@@ -180,12 +180,11 @@ def fetch_dataset(data: DataParams, out_dir: Path, *, cache_dir: Path) -> None:
         pinned = data.sha256 or ARCHIVE_SHA256
         if not _verified(archive, pinned):
             download(ARCHIVE_URL, archive, sha256=pinned, size=ARCHIVE_SIZE)
+        _check_and_report(archive, data.sha256)
         _install_zip(archive, out_dir)
-        _report(archive, data.sha256)
     elif (path := Path(source).expanduser()).is_file():
-        _check_pinned(path, data.sha256)
+        _check_and_report(path, data.sha256)
         _install_zip(path, out_dir)
-        _report(path, data.sha256)
     elif path.is_dir():
         root = _validate(path, shown_as=str(path))
         with atomic_path(out_dir, is_dir=True) as tmp:
@@ -255,16 +254,13 @@ def _verified(archive: Path, sha256: str | None) -> bool:
     return sha256 is None or sha256sum(archive) == sha256
 
 
-def _check_pinned(archive: Path, sha256: str | None) -> None:
-    """A local archive must be the one ``data.sha256`` pins, when it pins one."""
-    if sha256 is not None and (digest := sha256sum(archive)) != sha256:
-        raise PipelineError(f"{archive}: sha256 {digest}, but data.sha256 in params.yaml pins {sha256}; "
-                            "point data.source at the pinned archive or set data.sha256 to null")
-
-
-def _report(archive: Path, pinned: str | None) -> None:
-    """Print what was installed, so its sha256 can be pinned (``data.sha256``) and every later fetch checked."""
+def _check_and_report(archive: Path, pinned: str | None) -> None:
+    """Before unpacking: the archive must be the one ``data.sha256`` pins, when it pins one; print its size and
+    sha256 (hashed once), so they can be pinned and every later fetch checked."""
     digest = sha256sum(archive)
+    if pinned is not None and digest != pinned:
+        raise PipelineError(f"{archive}: sha256 {digest}, but data.sha256 in params.yaml pins {pinned}; "
+                            "point data.source at the pinned archive or set data.sha256 to null")
     check = "as data.sha256 pins" if pinned else f"pin it with `data.sha256: {digest}` in params.yaml"
     print(f"fetch: {archive.name}, {archive.stat().st_size} bytes, sha256 {digest} ({check})")
 
