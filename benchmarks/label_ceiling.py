@@ -4,13 +4,17 @@ Scores the labels themselves as if a model had predicted them, with evaluation's
 cleaning and FROC of ``--rules``, an eval.json): the summed annotator confidence (the default
 training target, ``train.target: confidence``, learnt perfectly), the union of the marks and
 the core. What such a perfect learner of the labels does not reach against the simulator's
-truth, no model trained on them can be expected to reach: the labels cap it.
+truth, no model trained on them can be expected to reach: the labels cap it. On synthetic data it
+also scores a perfect detector: every drawn lesion predicted, ranked by its size (what an image
+shows) or by how many annotators marked it (what no image shows). What that detector does not
+reach against the core, no model can: the core's label noise caps it.
 
     python -m benchmarks.label_ceiling [--reference data/prepared/test] [--task binary] \\
         [--rules metrics/eval/binary/eval.json]
 
 Prints, per label and lesion class, the CPM against the core, the core with false positives
-only outside every mark, and (synthetic data) the truth with its CPM per lesion size.
+only outside every mark, and (synthetic data) the truth with its CPM per lesion size, and the sensitivity at 4 and 8
+false positives per image against each; the perfect detectors are scored for one-class tasks.
 """
 
 from __future__ import annotations
@@ -41,6 +45,38 @@ def as_probabilities(lesion_planes: np.ndarray, multiclass: bool) -> np.ndarray:
     return np.concatenate([1.0 - np.minimum(total, 1.0), lesion_planes], axis=-1).astype(np.float32)
 
 
+#: Perfect detectors: a drawn lesion -> its score (higher: found at higher thresholds).
+RANKS = {
+    "drawn lesions by size": lambda lesion: float(lesion["major"]),
+    "drawn lesions by annotators": lambda lesion: int(lesion["annotators"]) + float(lesion["major"]) / 1e3,
+}
+
+
+def perfect_detector(simulated: dict, ids: list[int], lesion_types: list[str], rank) -> np.ndarray:
+    """Planes [N,S,S,1] with every drawn lesion of ``lesion_types`` at a probability that grows with ``rank``.
+
+    Ranks are spread over [0.05, 0.99] (every lesion above the lowest swept threshold); where two
+    lesions overlap, the higher one keeps the pixel.
+    """
+    size = int(simulated["image_size"])
+    drawn = [truth.class_lesions(simulated, image_id, lesion_types) for image_id in ids]
+    scores = [rank(lesion) for lesions in drawn for lesion in lesions]
+    low, span = min(scores, default=0.0), (max(scores, default=0.0) - min(scores, default=0.0)) or 1.0
+    planes = np.zeros((len(ids), size * size), dtype=np.float32)
+    for plane, lesions in zip(planes, drawn):
+        for lesion in lesions:
+            pixels = truth.footprints([lesion], simulated["crop_box"], size).pixels
+            plane[pixels] = np.maximum(plane[pixels], 0.05 + 0.94 * (rank(lesion) - low) / span)
+    return planes.reshape(len(ids), size, size, 1)
+
+
+def _frocs(summary: dict, lesion_names: list[str]) -> dict[str, dict]:
+    return {name: {"core": summary[name]["core"]["froc"],
+                   "outside_marks": summary[name]["core"]["froc_outside_marks"],
+                   **({"truth": summary[name]["truth"]["froc"]} if "truth" in summary[name] else {})}
+            for name in lesion_names}
+
+
 def ceilings(reference_dir: Path, task_name: str, scoring: score.Scoring) -> dict[str, dict[str, dict]]:
     """Label name -> lesion class -> the FROC summaries (``core``, ``outside_marks``, ``truth``) of that label."""
     task = score.reference_task(reference_dir, task_name)
@@ -53,10 +89,14 @@ def ceilings(reference_dir: Path, task_name: str, scoring: score.Scoring) -> dic
     for label, planes_of in LABELS.items():
         probabilities = as_probabilities(planes_of(confidence, core), task.is_multiclass)
         summary, _, _ = score.score(reference, probabilities, task, scoring, label, core_threshold, simulated)
-        results[label] = {name: {"core": summary[name]["core"]["froc"],
-                                 "outside_marks": summary[name]["core"]["froc_outside_marks"],
-                                 **({"truth": summary[name]["truth"]["froc"]} if "truth" in summary[name] else {})}
-                          for name in task.lesion_names}
+        results[label] = _frocs(summary, task.lesion_names)
+    if simulated is None or task.is_multiclass:
+        return results
+    ids, name = reference["ids"].tolist(), task.lesion_names[0]
+    for label, rank in RANKS.items():
+        planes = perfect_detector(simulated, ids, task.classes[name], rank)
+        summary, _, _ = score.score(reference, planes, task, scoring, label, core_threshold, simulated)
+        results[label] = _frocs(summary, task.lesion_names)
     return results
 
 
@@ -76,6 +116,9 @@ def main(argv: list[str]) -> None:
             if "truth" in frocs:
                 line += " (truth by size: " + ", ".join(f"{size} {group['cpm']:.3f}"
                                                         for size, group in frocs["truth"]["by_size"].items()) + ")"
+            for reference in ("core", "truth") if "truth" in frocs else ("core",):
+                at = frocs[reference]["sensitivity_at_fp"]
+                line += f" ({reference} sensitivity at 4 FP {at['4']:.3f}, at 8 FP {at['8']:.3f})"
             print(f"{label}, {name}: {line}", flush=True)
 
 

@@ -142,7 +142,8 @@ def test_label_ceiling_scores_the_labels_as_predictions(realistic_test_set):
 
     uncleaned = Scoring({"hemorrhages": 0.5}, "argument", "fixed", None, None, 1.0, 1, False, 11)
     results = ceilings(realistic_test_set, "binary", uncleaned)
-    assert set(results) == {"annotator confidence", "union of the marks", "core"}
+    assert set(results) == {"annotator confidence", "union of the marks", "core",
+                            "drawn lesions by size", "drawn lesions by annotators"}
     core_as_prediction = results["core"]["hemorrhages"]
     assert core_as_prediction["core"]["cpm"] == core_as_prediction["outside_marks"]["cpm"] == 1.0, \
         "the core, uncleaned, finds every core lesion and nothing else"
@@ -151,6 +152,24 @@ def test_label_ceiling_scores_the_labels_as_predictions(realistic_test_set):
     for label in results.values():
         assert 0.0 <= label["hemorrhages"]["truth"]["cpm"] <= 1.0
     assert results["union of the marks"]["hemorrhages"]["core"]["cpm"] < 1.0, "marks beyond the core are false alarms"
+    perfect = results["drawn lesions by size"]["hemorrhages"]
+    assert perfect["truth"]["sensitivity_at_fp"]["8"] > 0.5, "every drawn lesion is predicted"
+    assert perfect["truth"]["cpm"] > results["core"]["hemorrhages"]["truth"]["cpm"], "it finds what the core misses"
+
+
+def test_perfect_detector_ranks_drawn_lesions_and_keeps_the_higher_where_they_overlap():
+    from benchmarks.label_ceiling import perfect_detector
+
+    simulated = {"image_size": 16, "crop_box": [0, 0, 16, 16], "images": {"1": [
+        {"type": "hemorrhages", "x": 4.5, "y": 4.5, "major": 2.0, "minor": 2.0, "angle": 0.0, "annotators": 1},
+        {"type": "hemorrhages", "x": 6.5, "y": 4.5, "major": 3.0, "minor": 3.0, "angle": 0.0, "annotators": 4},
+        {"type": "hardexudates", "x": 12.5, "y": 12.5, "major": 2.0, "minor": 2.0, "angle": 0.0, "annotators": 4},
+    ]}}
+    plane = perfect_detector(simulated, [1], ["hemorrhages"], lambda lesion: lesion["major"])[0, ..., 0]
+    assert plane.shape == (16, 16)
+    assert plane[4, 4] == pytest.approx(0.99), "the overlap keeps the bigger lesion's score"
+    assert plane[4, 2] == pytest.approx(0.05), "the smaller lesion alone gets the lowest score"
+    assert plane[12, 12] == 0.0, "another class's lesion is not predicted"
 
 
 def test_label_ceiling_gives_a_softmax_task_a_background_plane_and_shares_overlaps():

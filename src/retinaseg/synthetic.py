@@ -13,8 +13,11 @@ truth its coarse annotator marks only hint at.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +42,13 @@ def generate(
     size: tuple[int, int] = layout.IMAGE_SIZE,
     seed: int = 0,
     style: str = "realistic",
+    workers: int | None = None,
 ) -> None:
     """Write a complete synthetic DIARETDB1 under ``root`` (``root/resources/...``).
 
     Each image draws from its own generator seeded by ``(seed, image_id)``, so the
-    same seed gives byte-identical files and images do not depend on ``num_images``. The
+    same seed gives byte-identical files, images do not depend on ``num_images``, and
+    ``workers`` processes (default: one per core) draw them in parallel. The
     limits of the arguments are those of the ``data`` params block. A style that knows its
     lesions writes them to ``root / layout.SIMULATED_TRUTH``, outside ``resources/`` so the
     official layout stays as it is: ``{"style", "source_size": [w, h], "images": {"<id>": [lesion, ...]}}``.
@@ -53,13 +58,13 @@ def generate(
     canvas = Canvas.create(width, height)
     _save(Image.fromarray(np.where(canvas.fov, 255, 0).astype(np.uint8)), root / layout.FUNDUS_MASK)
     truth = {}
-    for image_id in tqdm(range(1, num_images + 1), desc=f"synthetic images ({style})", unit="image"):
-        image, maps, lesions = STYLES[style](canvas, np.random.default_rng([seed, image_id]))
-        _save(Image.fromarray(image), root / layout.image_path(image_id))
-        for lesion, level_map in maps.items():
-            _save(Image.fromarray(level_map), root / layout.groundtruth_path(lesion, image_id))
-        if lesions is not None:
-            truth[str(image_id)] = lesions
+    draw = functools.partial(_draw, root=root, size=size, seed=seed, style=style)
+    ids = range(1, num_images + 1)
+    with ProcessPoolExecutor(min(workers or os.cpu_count() or 1, num_images)) as pool:
+        drawn = tqdm(pool.map(draw, ids), total=num_images, desc=f"synthetic images ({style})", unit="image")
+        for image_id, lesions in zip(ids, drawn):
+            if lesions is not None:
+                truth[str(image_id)] = lesions
     if truth:
         write_json(root / layout.SIMULATED_TRUTH, {"style": style, "source_size": [width, height], "images": truth})
     num_train = math.ceil(num_images * 28 / layout.NUM_IMAGES)
@@ -81,6 +86,21 @@ def build_archive(root: Path, zip_path: Path) -> None:
                 info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
                 info.external_attr = 0o100644 << 16
                 archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
+
+
+def _draw(image_id: int, *, root: Path, size: tuple[int, int], seed: int, style: str) -> list[dict] | None:
+    """Draw and save one image and its maps (in a worker process); return the lesions drawn, if the style knows them."""
+    image, maps, lesions = STYLES[style](_canvas(*size), np.random.default_rng([seed, image_id]))
+    _save(Image.fromarray(image), root / layout.image_path(image_id))
+    for lesion, level_map in maps.items():
+        _save(Image.fromarray(level_map), root / layout.groundtruth_path(lesion, image_id))
+    return lesions
+
+
+@functools.cache
+def _canvas(width: int, height: int) -> Canvas:
+    """One canvas per worker process (its arrays are too big to send with every image)."""
+    return Canvas.create(width, height)
 
 
 def _save(image: Image.Image, path: Path) -> None:
