@@ -29,7 +29,7 @@ bench: $(VENV)/.installed
 venv: $(VENV)/.installed
 
 ui: $(VENV)/.installed
-	@echo "MLflow UI, the project's runs: $$(MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db python -c 'from retinaseg import tracking; print(tracking.runs_table_url("http://127.0.0.1:$(PORT)"))')"
+	@echo "MLflow UI, the project's runs: $$(MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/mlflow.db python -c 'from retinaseg.tracking import mlflow_runs; print(mlflow_runs.runs_table_url("http://127.0.0.1:$(PORT)"))')"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port $(PORT)
 
 # A tracking server and Model Registry that several machines (or queued experiments) log to:

@@ -4,7 +4,7 @@ Every figure is measured in one process run, after warm-up, as the median of sev
 repetitions, and written to ``metrics/bench.json``; see ``benchmarks.__main__``.
 """
 
-from retinaseg.stage import quiet_tensorflow
+from retinaseg.core.stage import quiet_tensorflow
 
 # Before any module of this package imports TensorFlow.
 quiet_tensorflow()

@@ -21,7 +21,7 @@ from benchmarks import compute, data, repro
 from benchmarks.config import FULL, TINY
 from benchmarks.measure import CONTAMINATION_CORES, Load
 from benchmarks.report import table
-from retinaseg.atomic import write_json
+from retinaseg.core.atomic import write_json
 
 SECTIONS = {"peak": compute.peak, "train_step": compute.train_step, "input_stall": compute.input_stall,
             "determinism": compute.determinism, "distribute": compute.distributed, "augmentation": data.augmentation,

@@ -19,10 +19,10 @@ import tensorflow as tf
 from benchmarks import data, flops
 from benchmarks.config import BINARY, Config, Net, train_params
 from benchmarks.measure import rate, repeat, stats, target
-from retinaseg import distribute, hardware
-from retinaseg.evaluation import predict
-from retinaseg.model import build_unet
-from retinaseg.training import compile_unet, make_dataset
+from retinaseg.evaluation.evaluate import predict
+from retinaseg.model.unet import build_unet
+from retinaseg.training import distribute, hardware
+from retinaseg.training.fit import compile_unet, make_dataset
 
 RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 #: (name, precision, XLA) of the large net's training-step variants; the first is the baseline.

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retinaseg.params import AugmentParams, ModelParams, PrepareParams, TrainParams
-from retinaseg.tasks import Task
+from retinaseg.core.params import AugmentParams, ModelParams, PrepareParams, TrainParams
+from retinaseg.core.tasks import Task
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ from scipy import ndimage
 
 from benchmarks.config import AUGMENT, TASKS, Config, prepare_params
 from benchmarks.measure import rate, repeat, stats, target
-from retinaseg.arrays import load_set
-from retinaseg.augment import augment, augment_training_set, random_affine
-from retinaseg.prepare import prepare_dataset
-from retinaseg.synthetic import generate
+from retinaseg.augment.warps import augment, augment_training_set, random_affine
+from retinaseg.core.arrays import load_set
+from retinaseg.fetch.synthetic.generator import generate
+from retinaseg.prepare.sets import prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_SETS = (Path("data/prepared"), Path("data/augmented"))
@@ -77,7 +77,7 @@ def keras_style(images: np.ndarray, masks: np.ndarray, seed: int) -> tuple[np.nd
 
 
 def augmentation(cfg: Config, run) -> dict:
-    """Keras-style per-channel scipy warps against ``retinaseg.augment`` on the same images."""
+    """Keras-style per-channel scipy warps against ``retinaseg.augment.warps`` on the same images."""
     prepared, _, source = _sets(cfg, run.tmp)
     train = load_set(prepared / "train")
     tasks = sorted(name for name in train if name not in ("images", "ids"))

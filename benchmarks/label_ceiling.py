@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retinaseg import score, truth
-from retinaseg.arrays import TARGET_SCALE, load_set
+from retinaseg.core.arrays import TARGET_SCALE, load_set
+from retinaseg.evaluation import score, truth
 
 #: The labels scored as predictions: name -> (confidence planes, core planes) -> lesion-plane probabilities.
 LABELS = {

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from retinaseg import anatomy, froc, score, truth
-from retinaseg.arrays import load_set
+from retinaseg.core.arrays import load_set
+from retinaseg.evaluation import anatomy, froc, score, truth
 
 #: Default split settings: min_area (px), radius (px), rise (probability).
 SETTINGS = ((100, 5, 0.15),)

@@ -56,7 +56,7 @@ def _distribute(result: dict) -> Iterator[Row]:
 def _augmentation(result: dict) -> Iterator[Row]:
     if "speedup" in result:
         yield "Keras-style (scipy per channel)", result["keras_style"]["images_per_second"], "images/s", ""
-        yield "retinaseg.augment", result["ours"]["images_per_second"], "images/s", f"x{result['speedup']:.1f}"
+        yield "retinaseg.augment.warps", result["ours"]["images_per_second"], "images/s", f"x{result['speedup']:.1f}"
 
 
 def _prepare(result: dict) -> Iterator[Row]:

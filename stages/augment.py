@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from retinaseg import params, stage
-from retinaseg.augment import augment_training_set
+from retinaseg.augment.warps import augment_training_set
+from retinaseg.core import params, stage
 
 
 def main(argv: list[str]) -> None:

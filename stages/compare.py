@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from retinaseg import params, stage, tracking
-from retinaseg.atomic import atomic_path, write_json, write_text
-from retinaseg.comparison import comparison_rows, figure, froc_rows, markdown, read_curve
+from retinaseg.compare.report import comparison_rows, figure, froc_rows, markdown, read_curve
+from retinaseg.core import params, stage
+from retinaseg.core.atomic import atomic_path, write_json, write_text
+from retinaseg.tracking import mlflow_runs
 
 METRICS, MODELS = Path("metrics"), Path("models")
 
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> None:
     write_json(METRICS / "froc.json", froc)
     with atomic_path(METRICS / "comparison.png") as tmp:
         figure(rows, curves, froc, tmp, real_data)
-    tracking.log_to_runs([METRICS / "train" / variant / tracking.RUN_FILE for variant in variants],
+    mlflow_runs.log_to_runs([METRICS / "train" / variant / mlflow_runs.RUN_FILE for variant in variants],
                          [METRICS / "comparison.md", METRICS / "comparison.png"], artifact_path="comparison")
     print(table)
 

@@ -2,14 +2,15 @@
 
 from pathlib import Path
 
-from retinaseg import params, stage, tracking
-from retinaseg.evaluation import evaluate_task
+from retinaseg.core import params, stage
+from retinaseg.evaluation.evaluate import evaluate_task
+from retinaseg.tracking import mlflow_runs
 
 
 def main(argv: list[str]) -> None:
     (variant,) = argv
     summary = evaluate_task(variant, prepared_dir=Path("data/prepared"), model_dir=Path("models") / variant,
-                            run_path=Path("metrics/train") / variant / tracking.RUN_FILE,
+                            run_path=Path("metrics/train") / variant / mlflow_runs.RUN_FILE,
                             predictions_dir=Path("data/predictions") / variant, out_dir=Path("metrics/eval") / variant,
                             params=params.load().evaluate)
     for name in summary["lesion_classes"]:

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from retinaseg import params, stage
-from retinaseg.download import fetch_dataset
+from retinaseg.core import params, stage
+from retinaseg.fetch.download import fetch_dataset
 
 
 def main(argv: list[str]) -> None:

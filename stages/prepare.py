@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from retinaseg import params, stage
-from retinaseg.prepare import prepare_dataset
+from retinaseg.core import params, stage
+from retinaseg.prepare.sets import prepare_dataset
 
 
 def main(argv: list[str]) -> None:

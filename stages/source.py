@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from retinaseg import params, stage
-from retinaseg.atomic import write_json
-from retinaseg.source import fingerprint
+from retinaseg.core import params, stage
+from retinaseg.core.atomic import write_json
+from retinaseg.fetch.source import fingerprint
 
 
 def main(argv: list[str]) -> None:

@@ -5,13 +5,13 @@ With ``train.distribute: multi_worker`` this process is one worker of a cluster 
 machine, from the same checkout with the same data, start the same stage with that machine's
 ``TF_CONFIG``, e.g. ``TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task":
 {"type": "worker", "index": 1}}' python stages/train.py binary``; the processes wait for one
-another at the start, train in step, and only the chief writes (see ``retinaseg.distribute``).
+another at the start, train in step, and only the chief writes (see ``retinaseg.training.distribute``).
 """
 
 from pathlib import Path
 
-from retinaseg import params, stage
-from retinaseg.training import Outputs, train_task
+from retinaseg.core import params, stage
+from retinaseg.training.fit import Outputs, train_task
 
 #: Blocks recorded with the MLflow run, as written in params.yaml: everything that shaped the model.
 LOGGED_BLOCKS = ("data", "prepare", "augment", "model", "train")

@@ -8,8 +8,8 @@ with its ``TF_CONFIG``, as stages/train.py says, and needs ``models/<transfer.in
 
 from pathlib import Path
 
-from retinaseg import params, stage
-from retinaseg.training import Outputs, train_task
+from retinaseg.core import params, stage
+from retinaseg.training.fit import Outputs, train_task
 
 #: Blocks recorded with the MLflow run, as written in params.yaml: everything that shaped the model.
 LOGGED_BLOCKS = ("data", "prepare", "augment", "model", "train", "transfer")

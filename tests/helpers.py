@@ -2,10 +2,10 @@
 
 import pytest
 
-from retinaseg.errors import PipelineError
-from retinaseg.params import PrepareParams
-from retinaseg.prepare import prepare_dataset
-from retinaseg.synthetic import generate
+from retinaseg.core.errors import PipelineError
+from retinaseg.core.params import PrepareParams
+from retinaseg.fetch.synthetic.generator import generate
+from retinaseg.prepare.sets import prepare_dataset
 
 #: A lower core threshold than the pipeline's 0.75 keeps a few core pixels per class at 32 px.
 CORE_THRESHOLD = 0.5

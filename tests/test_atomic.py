@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from retinaseg.atomic import atomic_path, save_npy, write_json
+from retinaseg.core.atomic import atomic_path, save_npy, write_json
 
 
 def test_failure_leaves_previous_output_and_no_temp(tmp_path):
@@ -34,7 +34,7 @@ def test_write_json_turns_nan_into_null(tmp_path):
 
 def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     """SIGKILL skips every clean-up; the next write of the same target removes what it left."""
-    from retinaseg.atomic import write_text
+    from retinaseg.core.atomic import write_text
 
     left_file = tmp_path / ".eval.json.partial-0123abcd.json"
     left_dir = tmp_path / ".models.partial-x1y2"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retinaseg.arrays import load_set
-from retinaseg.augment import augment, augment_training_set, random_affine
-from retinaseg.params import AugmentParams
-from retinaseg.params import load as load_params
+from retinaseg.augment.warps import augment, augment_training_set, random_affine
+from retinaseg.core.arrays import load_set
+from retinaseg.core.params import AugmentParams
+from retinaseg.core.params import load as load_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import generate_and_prepare
 
 pytestmark = pytest.mark.slow
@@ -108,7 +107,7 @@ def test_tracking_server_load_runs_a_real_server_and_reports_every_level(tmp_pat
 
 def test_peak_split_divides_big_components_at_peaks_that_rise_enough():
     from benchmarks.peak_split import split_at_peaks
-    from retinaseg import froc
+    from retinaseg.evaluation import froc
 
     plane = np.zeros((40, 40), dtype=np.float32)
     plane[5:15, 5:35] = 0.6  # one 300-px component ...
@@ -128,7 +127,7 @@ def test_peak_split_divides_big_components_at_peaks_that_rise_enough():
 @pytest.fixture(scope="module")
 def realistic_test_set(tmp_path_factory):
     """Four realistic synthetic images with the simulator's truth, prepared at 64 px: test images 3-4."""
-    from retinaseg.tasks import Task
+    from retinaseg.core.tasks import Task
 
     root = tmp_path_factory.mktemp("ceiling")
     generate_and_prepare(root, num_images=4, size=(300, 230), style="realistic", image_size=64, train_ids="1-2",
@@ -138,7 +137,7 @@ def realistic_test_set(tmp_path_factory):
 
 def test_label_ceiling_scores_the_labels_as_predictions(realistic_test_set):
     from benchmarks.label_ceiling import ceilings
-    from retinaseg.score import Scoring
+    from retinaseg.evaluation.score import Scoring
 
     uncleaned = Scoring({"hemorrhages": 0.5}, "argument", "fixed", None, None, 1.0, 1, False, 11)
     results = ceilings(realistic_test_set, "binary", uncleaned)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from retinaseg import calibration
-from retinaseg.calibration import DIARETDB1_TRAIN_FIGURES as REAL
-from retinaseg.calibration import measure, parse_ids
-from retinaseg.synthetic import generate
+from retinaseg.fetch.synthetic import calibration
+from retinaseg.fetch.synthetic.calibration import DIARETDB1_TRAIN_FIGURES as REAL
+from retinaseg.fetch.synthetic.calibration import measure, parse_ids
+from retinaseg.fetch.synthetic.generator import generate
 
 pytestmark = pytest.mark.slow
 

@@ -4,13 +4,13 @@ import math
 
 import numpy as np
 
-from retinaseg import comparison
-from retinaseg.atomic import write_json
-from retinaseg.score import Scoring, score
-from retinaseg.tasks import Task
+from retinaseg.compare import report
+from retinaseg.core.atomic import write_json
+from retinaseg.core.tasks import Task
+from retinaseg.evaluation.score import Scoring, score
 
 ROW = {"variant": "binary", "init_from": "scratch", "class": "hemorrhages", "threshold": 0.35, "target_f1": 0.4,
-       **{f"{s}_per_image": 0.3 for s in comparison.SCORES}, **{f"core_{s}": 0.5 for s in comparison.SCORES},
+       **{f"{s}_per_image": 0.3 for s in report.SCORES}, **{f"core_{s}": 0.5 for s in report.SCORES},
        "core_lesion_sensitivity": 0.7, "core_fp_components_per_image": 1.5,
        "core_optic_disc_components_per_image": None, "predicted_fov_share": 0.02, "reference_fov_share": 0.018,
        "core_auc_pr": 0.45, "epochs": 3, "train_seconds": 12.0, "parameters": 1000,
@@ -21,21 +21,21 @@ ROW = {"variant": "binary", "init_from": "scratch", "class": "hemorrhages", "thr
 
 
 def test_published_bars_only_on_real_data():
-    labels, values = comparison.bar_groups([ROW], real_data=False)
+    labels, values = report.bar_groups([ROW], real_data=False)
     assert labels == ["binary\nhemorrhages"] and all(len(v) == 1 for v in values.values())
-    labels, values = comparison.bar_groups([ROW], real_data=True)
-    assert "published tutorial" in labels[-1] and values["core_f1"][-1] == comparison.PUBLISHED_TUTORIAL["f1"]
+    labels, values = report.bar_groups([ROW], real_data=True)
+    assert "published tutorial" in labels[-1] and values["core_f1"][-1] == report.PUBLISHED_TUTORIAL["f1"]
     assert math.isnan(values["core_lesion_sensitivity"][-1])  # never published
 
 
 def test_table_labels_the_published_row_with_its_data():
-    synthetic = comparison.markdown([ROW], real_data=False)
+    synthetic = report.markdown([ROW], real_data=False)
     assert "**real** DIARETDB1" in synthetic and "not comparable" in synthetic and "Data: synthetic" in synthetic
     assert "| binary | scratch | hemorrhages | 0.350 | 0.250 [0.200, 0.300] | 0.400 | 0.600 [0.500, 0.700] | " \
         "n/a | n/a | n/a | " \
         "0.500 [0.450, 0.550] | 0.500 |" in synthetic
     assert "| 2.00 | 1.80 |" in synthetic  # predicted and core share of the field of view, in %
-    assert "not comparable" not in comparison.markdown([ROW], real_data=True)
+    assert "not comparable" not in report.markdown([ROW], real_data=True)
 
 
 def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
@@ -54,7 +54,7 @@ def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
     write_json(tmp_path / "models" / "binary" / "run.json",
                {"task": "binary", "epochs": 3, "parameters": 1000, "mixed_precision": "float32"})
     write_json(tmp_path / "train" / "binary" / "train.json", {"binary": {"best_val_dice": 0.5, "train_s": 12.0}})
-    [row] = comparison.comparison_rows(tmp_path / "metrics", tmp_path / "train", tmp_path / "models", ["binary"])
+    [row] = report.comparison_rows(tmp_path / "metrics", tmp_path / "train", tmp_path / "models", ["binary"])
     assert row["train_seconds"] == 12.0
     assert row["class"] == "hemorrhages" and row["threshold"] == 0.35 and row["init_from"] == "scratch"
     assert row["core_precision"] == 18 / 24 and row["core_recall"] == 1.0 and row["core_f1"] == 36 / 42
@@ -63,10 +63,10 @@ def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
     # At thresholds over 0.9 both lesions are found without the false alarm: sensitivity 1 at every rate.
     assert row["core_cpm"] == 1.0 and row["core_sensitivity_at_1_fp"] == 1.0 and row["truth_cpm"] is None
     assert "| binary | scratch | hemorrhages | 0.350 | 1.000 [1.000, 1.000] | 1.000 | n/a | n/a | n/a | n/a | 0.857 " \
-        in comparison.markdown([row], real_data=False)
+        in report.markdown([row], real_data=False)
 
 
 def test_rows_are_ranked_by_core_cpm_and_unscored_rows_go_last():
     rows = [{"core_cpm": value} for value in (0.2, None, 0.5, math.nan)]
-    assert [row["core_cpm"] for row in sorted(rows, key=lambda row: -comparison._rank(row["core_cpm"]))][:2] == \
+    assert [row["core_cpm"] for row in sorted(rows, key=lambda row: -report._rank(row["core_cpm"]))][:2] == \
         [0.5, 0.2]

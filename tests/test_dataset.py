@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line_error
 from PIL import Image
 
-from retinaseg import layout
-from retinaseg.dataset import DiaretDB1, find_dataset_root
-from retinaseg.synthetic import generate
-from helpers import one_line_error
+from retinaseg.core import layout
+from retinaseg.fetch.dataset import DiaretDB1, find_dataset_root
+from retinaseg.fetch.synthetic.generator import generate
 
 NUM = 8
 SIZE = (150, 115)

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import one_line_error
-from retinaseg import atomic, stage
-from retinaseg.atomic import atomic_path, save_npy, write_json
-from retinaseg.errors import PipelineError
-from retinaseg.params import PrepareParams
-from retinaseg.prepare import prepare_dataset
-from retinaseg.synthetic import generate
-from retinaseg.tasks import Task
+
+from retinaseg.core import atomic, stage
+from retinaseg.core.atomic import atomic_path, save_npy, write_json
+from retinaseg.core.errors import PipelineError
+from retinaseg.core.params import PrepareParams
+from retinaseg.core.tasks import Task
+from retinaseg.fetch.synthetic.generator import generate
+from retinaseg.prepare.sets import prepare_dataset
 
 TASK = Task("binary", {"hemorrhages": ("hemorrhages",)})
 PARAMS = PrepareParams(threshold=0.1, core_threshold=0.75, image_size=64, crop_to_fundus=True, train_ids="1-3")
@@ -293,10 +293,10 @@ def _unshare_works() -> bool:
 _REAL_STAGE = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
-    from retinaseg import stage
-    from retinaseg.params import PrepareParams
-    from retinaseg.prepare import prepare_dataset
-    from retinaseg.tasks import Task
+    from retinaseg.core import stage
+    from retinaseg.core.params import PrepareParams
+    from retinaseg.prepare.sets import prepare_dataset
+    from retinaseg.core.tasks import Task
 
     raw, disk = Path(sys.argv[1]), Path(sys.argv[2])
     (disk / "prepared" / "train").mkdir(parents=True)

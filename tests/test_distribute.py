@@ -19,12 +19,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from helpers import one_line_error
-from retinaseg import distribute
-from retinaseg.model import build_unet
-from retinaseg.params import TrainParams
 from test_training import BINARY, MODEL, MULTICLASS, TRAIN, tiny_sets
+
+from retinaseg.core.params import TrainParams
+from retinaseg.model.unet import build_unet
+from retinaseg.training import distribute
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +44,9 @@ RUNS = textwrap.dedent("""
     import json, shutil, sys
     from pathlib import Path
     import keras
-    from retinaseg import training
-    from retinaseg.params import ModelParams, TrainParams
-    from retinaseg.tasks import Task
+    from retinaseg.training import fit
+    from retinaseg.core.params import ModelParams, TrainParams
+    from retinaseg.core.tasks import Task
 
     class Snapshot(keras.callbacks.Callback):
         def __init__(self, out, after):
@@ -59,26 +59,26 @@ RUNS = textwrap.dedent("""
                 raise KeyboardInterrupt
 
     def train_runs(sets, runs):
-        callbacks = training._callbacks
+        callbacks = fit._callbacks
         try:
             for run in runs:
                 out = Path(run["out"])
-                training._callbacks = lambda *args: [*callbacks(*args), Snapshot(out, run.get("interrupt_after"))]
+                fit._callbacks = lambda *args: [*callbacks(*args), Snapshot(out, run.get("interrupt_after"))]
                 try:
-                    training.train_task(
+                    fit.train_task(
                         Task(run["task"], {name: tuple(kinds) for name, kinds in run["classes"].items()}),
                         prepared_dir=sets / "prepared", augmented_dir=sets / "augmented",
-                        outputs=training.Outputs(out / "model", out / "metrics", out / "checkpoints"),
+                        outputs=fit.Outputs(out / "model", out / "metrics", out / "checkpoints"),
                         model_params=ModelParams(**run["model"]), train_params=TrainParams(**run["train"]),
                         logged_params={}, variant=run.get("variant"),
-                        init_from=training.Outputs(Path(run["init_from"]) / "model", Path(run["init_from"]) / "metrics",
+                        init_from=fit.Outputs(Path(run["init_from"]) / "model", Path(run["init_from"]) / "metrics",
                                                    Path(run["init_from"]) / "checkpoints")
                         if run.get("init_from") else None,
                         freeze_encoder_epochs=run.get("freeze", 0))
                 except KeyboardInterrupt:
                     print(f"interrupted {out.name} after epoch {run['interrupt_after']}")
         finally:
-            training._callbacks = callbacks
+            fit._callbacks = callbacks
 """)
 
 
@@ -245,21 +245,22 @@ def test_multi_worker_starts_a_killed_run_afresh_and_ends_it(tmp_path, monkeypat
     """The other workers lack the chief's progress, so it cannot be resumed: its MLflow run ends as KILLED."""
     from mlflow import MlflowClient
 
-    from retinaseg import tracking, training
+    from retinaseg.tracking import mlflow_runs
+    from retinaseg.training import fit
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    experiment, client = tracking.setup(), MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment, client = mlflow_runs.setup(), MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     killed = client.create_run(experiment).info.run_id
     for data in (tmp_path / "manifest.json", tmp_path / "images.npy"):
         data.write_text("{}")
     folder, inputs = tmp_path / "checkpoints", ({}, "binary", None, tmp_path, tmp_path)
-    progress, _ = training._progress(folder, *inputs, resumable=True)
+    progress, _ = fit._progress(folder, *inputs, resumable=True)
     progress.start(killed)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     progress.save(3, killed, [], model)
-    assert training._progress(folder, *inputs, resumable=True)[1]["epoch"] == 3, "resumed on one machine"
-    assert training._progress(folder, *inputs, resumable=False)[1] is None
+    assert fit._progress(folder, *inputs, resumable=True)[1]["epoch"] == 3, "resumed on one machine"
+    assert fit._progress(folder, *inputs, resumable=False)[1] is None
     assert "the 3 epoch(s) a killed run left" in capsys.readouterr().out
     assert client.get_run(killed).info.status == "KILLED"
 

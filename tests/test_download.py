@@ -20,14 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from retinaseg import download as fetch
-from retinaseg import layout
-from retinaseg.dataset import DiaretDB1
-from retinaseg.download import download, extract_zip, fetch_dataset, sha256sum
-from retinaseg.params import DataParams
-from retinaseg.synthetic import build_archive, generate
 from helpers import one_line_error
+
+from retinaseg.core import layout
+from retinaseg.core.params import DataParams
+from retinaseg.fetch import download as fetch
+from retinaseg.fetch.dataset import DiaretDB1
+from retinaseg.fetch.download import download, extract_zip, fetch_dataset, sha256sum
+from retinaseg.fetch.synthetic.generator import build_archive, generate
 
 NUM = 4
 SIZE = (150, 115)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from retinaseg import froc
+from retinaseg.evaluation import froc
 
 
 def _image(size=32):

@@ -3,8 +3,9 @@ import sys
 
 import pytest
 
-from retinaseg import hardware, stage
-from retinaseg.errors import PipelineError
+from retinaseg.core import stage
+from retinaseg.core.errors import PipelineError
+from retinaseg.training import hardware
 
 
 def test_auto_precision_follows_native_bf16_support():

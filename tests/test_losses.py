@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from keras import ops
 
-from retinaseg.losses import (
+from retinaseg.core.params import LOSSES
+from retinaseg.core.tasks import Task
+from retinaseg.model.losses import (
     EPSILON,
     build_loss,
     class_weights_from_masks,
     dice_coefficient,
 )
-from retinaseg.params import LOSSES
-from retinaseg.tasks import Task
 
 BINARY = Task("binary", {"hemorrhages": ["hemorrhages"]})
 MULTICLASS = Task("multiclass", {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]})

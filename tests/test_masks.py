@@ -1,7 +1,7 @@
 import numpy as np
 
-from retinaseg import masks
-from retinaseg.tasks import Task
+from retinaseg.core.tasks import Task
+from retinaseg.prepare import masks
 
 BINARY = Task("binary", {"hemorrhages": ["hemorrhages"]})
 MULTICLASS = Task("multiclass", {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]})

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from retinaseg import postprocess
-from retinaseg.atomic import write_json
-from retinaseg.metrics import (
+from retinaseg.core.atomic import write_json
+from retinaseg.evaluation import postprocess
+from retinaseg.evaluation.metrics import (
     SCORE_NAMES,
     PRAccumulator,
     confusion_counts,

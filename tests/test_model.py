@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from retinaseg.model import build_unet, transfer_weights
-from retinaseg.params import ModelParams
-from retinaseg.tasks import Task
+from retinaseg.core.params import ModelParams
+from retinaseg.core.tasks import Task
+from retinaseg.model.unet import build_unet, transfer_weights
 
 BINARY = Task("binary", {"hemorrhages": ["hemorrhages"]})
 MULTICLASS = Task("multiclass", {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]})

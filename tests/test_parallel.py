@@ -16,9 +16,8 @@ import pytest
 import yaml
 from project import ran_stages, run, tiny_project
 
-from benchmarks.queue import (LEARNING_RATES, SHARED, error_lines, queue_experiments, start_queue,
-                              wait_for_queue)
-from retinaseg import tracking
+from benchmarks.queue import LEARNING_RATES, SHARED, error_lines, queue_experiments, start_queue, wait_for_queue
+from retinaseg.tracking import mlflow_runs
 
 VARIANT = "binary"
 
@@ -58,7 +57,7 @@ def test_queued_experiments_run_two_at_a_time_and_all_log_to_mlflow(fresh_projec
         assert float(shown[name]["train.lr"]) == float(lr), table
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
-    ours = [e for e in client.search_experiments() if e.name == tracking.EXPERIMENT]
+    ours = [e for e in client.search_experiments() if e.name == mlflow_runs.EXPERIMENT]
     assert len(ours) == 1
     assert ours[0].artifact_location == (repo / "mlruns").as_uri()
     runs = client.search_runs([ours[0].experiment_id], max_results=1000)

@@ -1,16 +1,16 @@
 import copy
-import re
 import math
+import re
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import one_line_error
 from pydantic import ValidationError
 
-from retinaseg import params
-from retinaseg.params import AugmentParams, DataParams, Params, PrepareParams
-from retinaseg.tasks import Task
-from helpers import one_line_error
+from retinaseg.core import params
+from retinaseg.core.params import AugmentParams, DataParams, Params, PrepareParams
+from retinaseg.core.tasks import Task
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -491,7 +491,8 @@ def test_a_class_name_must_not_clash_with_an_eval_json_key(defaults, name):
 def test_the_reserved_class_names_are_the_keys_eval_json_writes():
     """Score a tiny random task and compare the summary's own keys with the names params.py reserves."""
     import numpy as np
-    from retinaseg.score import Scoring, score
+
+    from retinaseg.evaluation.score import Scoring, score
     task = Task("multiclass", {"red": ("hemorrhages",), "bright": ("hardexudates",)})
     rng = np.random.default_rng(0)
     shape = (2, 32, 32, task.num_planes)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import requests
 import yaml
-from retinaseg import froc
 from project import LESION_CLASSES, PROJECT, VARIANTS, free_port, run, server_process
+
+from retinaseg.evaluation import froc
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retinaseg import anatomy, metrics, postprocess
+from retinaseg.evaluation import anatomy, metrics, postprocess
 
 SIZE = 64
 

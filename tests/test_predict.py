@@ -12,12 +12,12 @@ import sys
 import keras
 import numpy as np
 import pytest
+from helpers import one_line_error
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from helpers import one_line_error
-from retinaseg import predict
-from retinaseg.model import scale_to_unit
+from retinaseg.evaluation import predict
+from retinaseg.model.unet import scale_to_unit
 
 MULTICLASS = ["background", "red", "bright"]
 FUNDUS, BRIGHT, RED = (200, 90, 40), (255, 240, 50), (150, 30, 200)
@@ -131,7 +131,7 @@ def test_overlay_paints_exactly_the_predicted_lesions_above_a_legend(models, fun
 
 
 def test_save_probabilities_writes_the_model_input_and_its_answer(models, fundus, tmp_path, capsys):
-    from retinaseg.fundus import crop_resize, image_fundus_box
+    from retinaseg.prepare.fundus import crop_resize, image_fundus_box
 
     path = fundus[0]
     out = tmp_path / "out"
@@ -285,7 +285,7 @@ def test_bad_model_paths_say_what_to_pass_before_any_output(fundus, tmp_path):
 def test_command_line_prints_one_error_line_and_exits_1(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    result = subprocess.run([sys.executable, "-m", "retinaseg.predict", str(bad), "--model", "m", "--out",
+    result = subprocess.run([sys.executable, "-m", "retinaseg.evaluation.predict", str(bad), "--model", "m", "--out",
                              str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert f"error: {bad}: unreadable" in result.stderr and "Traceback" not in result.stderr

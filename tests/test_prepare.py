@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import one_line_error
-from retinaseg import layout
-from retinaseg.params import PrepareParams
-from retinaseg.prepare import prepare_dataset
-from retinaseg.synthetic import generate
-from retinaseg.tasks import Task
+
+from retinaseg.core import layout
+from retinaseg.core.params import PrepareParams
+from retinaseg.core.tasks import Task
+from retinaseg.fetch.synthetic.generator import generate
+from retinaseg.prepare.sets import prepare_dataset
 
 NUM = 6
 SIZE = (150, 116)

@@ -11,9 +11,10 @@ import sys
 import time
 
 import pytest
-
 from helpers import one_line_error
-from retinaseg import registry, tracking
+
+from retinaseg.evaluation import registry
+from retinaseg.tracking import mlflow_runs
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def store(tmp_path, monkeypatch):
     """A new SQLite store in ``tmp_path`` as MLFLOW_TRACKING_URI; returns the experiment id."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return tracking.setup()
+    return mlflow_runs.setup()
 
 
 def run_with_model(experiment_id, model_name="model"):
@@ -133,7 +134,7 @@ import sys, time
 from pathlib import Path
 
 import mlflow
-from retinaseg import registry
+from retinaseg.evaluation import registry
 
 run_id, score, start = sys.argv[1], float(sys.argv[2]), Path(sys.argv[3])
 (start.parent / f"ready-{run_id}").touch()

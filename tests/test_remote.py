@@ -34,7 +34,7 @@ def test_a_clone_pulls_what_a_repro_pushed_and_predicts_without_training(workspa
 
     image = "data/raw/resources/images/ddb1_fundusimages/image008.png"
     for project in (workspace, clone):
-        run([sys.executable, "-m", "retinaseg.predict", image, "--model", "models/multiclass",
+        run([sys.executable, "-m", "retinaseg.evaluation.predict", image, "--model", "models/multiclass",
              "--eval", "metrics/eval/multiclass/eval.json", "--out", str(tmp_path / project.name)], project)
     assert not (clone / "mlflow.db").exists(), "predict needs no MLflow store"
     assert np.array_equal(np.load(tmp_path / "clone" / "image008.npy"), np.load(tmp_path / "project" / "image008.npy"))

@@ -15,16 +15,16 @@ import keras
 import numpy as np
 import pytest
 
-from retinaseg import resume
-from retinaseg.augment import augment_training_set
-from retinaseg.errors import PipelineError
-from retinaseg.params import AugmentParams, PrepareParams
-from retinaseg.prepare import prepare_dataset
-from retinaseg.synthetic import generate
-from retinaseg.tasks import Task
+from retinaseg.augment.warps import augment_training_set
+from retinaseg.core.errors import PipelineError
+from retinaseg.core.params import AugmentParams, PrepareParams
+from retinaseg.core.tasks import Task
+from retinaseg.fetch.synthetic.generator import generate
+from retinaseg.prepare.sets import prepare_dataset
+from retinaseg.training import resume
 
 TASK = Task("binary", {"hemorrhages": ("hemorrhages",)})
-#: Where a training under ``out`` writes its curve (``training.Outputs.curve_path``).
+#: Where a training under ``out`` writes its curve (``fit.Outputs.curve_path``).
 CURVE = Path("metrics") / "train_curve.tsv"
 MULTICLASS = Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates",)})
 #: A child process trains with these settings, as the train stage runs (one line and an exit code when stopped).
@@ -34,13 +34,14 @@ CHILD = textwrap.dedent("""
     import os, signal, sys, time
     from pathlib import Path
     import keras
-    from retinaseg import resume, stage, training
-    from retinaseg.params import ModelParams, TrainParams
-    from retinaseg.tasks import Task
+    from retinaseg.core import stage
+    from retinaseg.training import fit, resume
+    from retinaseg.core.params import ModelParams, TrainParams
+    from retinaseg.core.tasks import Task
 
     root, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     action, _, epoch = mode.partition(":")
-    original = training._callbacks
+    original = fit._callbacks
 
     class Kill(keras.callbacks.Callback):
         def on_epoch_end(self, index, logs=None):
@@ -59,11 +60,11 @@ CHILD = textwrap.dedent("""
             return copy(source, target)
         resume.shutil.copyfile = copy_then_die
 
-    training._callbacks = lambda *args: original(*args) + [Kill()]
-    stage.run(lambda argv: training.train_task(
+    fit._callbacks = lambda *args: original(*args) + [Kill()]
+    stage.run(lambda argv: fit.train_task(
         Task("binary", {"hemorrhages": ("hemorrhages",)}), prepared_dir=root / "prepared",
         augmented_dir=root / "augmented",
-        outputs=training.Outputs(out / "model", out / "metrics", out / "checkpoints"),
+        outputs=fit.Outputs(out / "model", out / "metrics", out / "checkpoints"),
         model_params=ModelParams(depth=2, base_filters=4, dropout=0.5, batch_norm=True, upsampling="transpose"),
         train_params=TrainParams(target="confidence", loss="dice_bce", lr=0.01, epochs=3, batch_size=2, seed=0,
                                  val_fraction=0.25, mixed_precision="float32", jit_compile=False, threads=0),
@@ -202,39 +203,39 @@ def test_sigterm_mid_epoch_saves_stops_within_seconds_and_resumes_to_the_same_mo
 def test_progress_of_other_inputs_is_discarded_and_its_run_ended_as_killed(arrays, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from retinaseg import training
+    from retinaseg.training import fit
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     arguments = tiny_training(arrays, tmp_path)
-    callbacks = training._callbacks
+    callbacks = fit._callbacks
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt  # after the progress of epoch 1 is saved (the last callback before this)
 
-    monkeypatch.setattr(training, "_callbacks", lambda *args: callbacks(*args) + [Interrupt()])
+    monkeypatch.setattr(fit, "_callbacks", lambda *args: callbacks(*args) + [Interrupt()])
     with pytest.raises(KeyboardInterrupt):
-        training.train_task(TASK, **arguments)
-    monkeypatch.setattr(training, "_callbacks", callbacks)
+        fit.train_task(TASK, **arguments)
+    monkeypatch.setattr(fit, "_callbacks", callbacks)
     run_file = tmp_path / "checkpoints" / "run.json"
     state = json.loads(run_file.read_text())
     assert json.loads((tmp_path / "checkpoints" / "epoch-0001" / "state.json").read_text())["epoch"] == 1
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     client.update_run(state["run_id"], status="RUNNING")  # as SIGKILL leaves it (an interrupt ends it itself)
     run_file.write_text(json.dumps({**state, "signature": "inputs that have changed since"}))
-    summary = training.train_task(TASK, **arguments)
+    summary = fit.train_task(TASK, **arguments)
     assert summary["run_id"] != state["run_id"] and summary["epochs"] == 2
     assert client.get_run(state["run_id"]).info.status == "KILLED"
 
 
 def tiny_training(arrays: Path, folder: Path) -> dict:
     """train_task's arguments for a 2-epoch run on the tiny arrays, writing into ``folder``."""
-    from retinaseg import training
-    from retinaseg.params import ModelParams, TrainParams
+    from retinaseg.core.params import ModelParams, TrainParams
+    from retinaseg.training import fit
 
     return dict(
         prepared_dir=arrays / "prepared", augmented_dir=arrays / "augmented",
-        outputs=training.Outputs(folder / "model", folder / "metrics", folder / "checkpoints"),
+        outputs=fit.Outputs(folder / "model", folder / "metrics", folder / "checkpoints"),
         model_params=ModelParams(depth=2, base_filters=4, dropout=0.5, batch_norm=True, upsampling="transpose"),
         train_params=TrainParams(target="mask", loss="dice", lr=0.01, epochs=2, batch_size=2, seed=0,
                                  val_fraction=0.25, mixed_precision="float32", jit_compile=False, threads=0),
@@ -244,25 +245,25 @@ def tiny_training(arrays: Path, folder: Path) -> dict:
 @pytest.mark.slow
 def test_a_store_failing_after_training_keeps_the_training_for_the_rerun(arrays, tmp_path, monkeypatch):
     """The rerun finds every epoch done and only logs: the trained model is not thrown away."""
-    from retinaseg import training
-    from retinaseg.errors import PipelineError
+    from retinaseg.core.errors import PipelineError
+    from retinaseg.training import fit
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     arguments = tiny_training(arrays, tmp_path)
-    log_results = training._log_results
+    log_results = fit._log_results
 
     def store_gone(*args, **kwargs):
         raise PipelineError("MLflow tracking server http://127.0.0.1:9 does not answer (connection refused)")
 
-    monkeypatch.setattr(training, "_log_results", store_gone)
+    monkeypatch.setattr(fit, "_log_results", store_gone)
     with pytest.raises(PipelineError, match="does not answer"):
-        training.train_task(TASK, **arguments)
+        fit.train_task(TASK, **arguments)
     assert not (tmp_path / "model").exists()
     assert json.loads((tmp_path / "checkpoints" / "epoch-0002" / "state.json").read_text())["epoch"] == 2
-    monkeypatch.setattr(training, "_log_results", log_results)
+    monkeypatch.setattr(fit, "_log_results", log_results)
     fits = []
     monkeypatch.setattr(keras.Model, "fit", lambda self, *args, **kwargs: fits.append(kwargs))
-    summary = training.train_task(TASK, **arguments)
+    summary = fit.train_task(TASK, **arguments)
     assert fits == [], "no epoch is trained again"
     assert summary["epochs"] == 2 and (tmp_path / "model" / "model.keras").exists()
 
@@ -271,30 +272,30 @@ def test_a_store_failing_after_training_keeps_the_training_for_the_rerun(arrays,
 def test_a_transfer_interrupted_at_the_end_of_its_frozen_phase_resumes_to_the_same_model(arrays, tmp_path,
                                                                                           monkeypatch):
     """The second phase starts with a fresh optimizer whether or not the run was interrupted in between."""
-    from retinaseg import training
+    from retinaseg.training import fit
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     source = tiny_training(arrays, tmp_path / "binary")
-    training.train_task(TASK, **source)
+    fit.train_task(TASK, **source)
 
     def transfer(folder: Path) -> dict:
         arguments = tiny_training(arrays, folder)
         arguments["train_params"] = arguments["train_params"].model_copy(update={"epochs": 3})
-        return training.train_task(MULTICLASS, **arguments, variant="multiclass_transfer",
+        return fit.train_task(MULTICLASS, **arguments, variant="multiclass_transfer",
                                    init_from=source["outputs"], freeze_encoder_epochs=1)
 
     whole = transfer(tmp_path / "whole")
-    callbacks = training._callbacks
+    callbacks = fit._callbacks
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 0:  # the frozen phase is over and its progress saved
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_callbacks", lambda *args: callbacks(*args) + [Interrupt()])
+    monkeypatch.setattr(fit, "_callbacks", lambda *args: callbacks(*args) + [Interrupt()])
     with pytest.raises(KeyboardInterrupt):
         transfer(tmp_path / "resumed")
-    monkeypatch.setattr(training, "_callbacks", callbacks)
+    monkeypatch.setattr(fit, "_callbacks", callbacks)
     resumed = transfer(tmp_path / "resumed")
     assert resumed["epochs"] == whole["epochs"] == 3 and resumed["best_epoch"] == whole["best_epoch"]
     for got, expected in zip(weights(tmp_path / "resumed" / "model"), weights(tmp_path / "whole" / "model"),
@@ -421,7 +422,7 @@ def test_a_unit_that_a_kill_left_half_written_is_ignored(folder):
 HOLD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from retinaseg import resume
+    from retinaseg.training import resume
     with resume.exclusive(Path(sys.argv[1]), "model binary"):
         print("holding", flush=True)
         time.sleep(60)

@@ -1,18 +1,25 @@
 """score: prediction files scored against a prepared set, in memory, from a folder and on the command line."""
 
 import json
-from dataclasses import asdict, replace
 import subprocess
 import sys
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
-
 from helpers import CORE_THRESHOLD, generate_and_prepare, one_line_error
-from retinaseg.arrays import load_set
-from retinaseg.atomic import write_json
-from retinaseg.score import Scoring, prediction_path, read_predictions, score, score_folder, write_predictions
-from retinaseg.tasks import Task
+
+from retinaseg.core.arrays import load_set
+from retinaseg.core.atomic import write_json
+from retinaseg.core.tasks import Task
+from retinaseg.evaluation.score import (
+    Scoring,
+    prediction_path,
+    read_predictions,
+    score,
+    score_folder,
+    write_predictions,
+)
 
 TASKS = {task.name: task for task in (
     Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates", "softexudates")}),
@@ -124,7 +131,7 @@ def test_values_that_are_not_probabilities_are_one_line_errors(prepared, tmp_pat
 
 
 def run_cli(*args):
-    result = subprocess.run([sys.executable, "-m", "retinaseg.score", *map(str, args)],
+    result = subprocess.run([sys.executable, "-m", "retinaseg.evaluation.score", *map(str, args)],
                             capture_output=True, text=True, timeout=300)
     return result
 

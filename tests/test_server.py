@@ -22,8 +22,8 @@ import yaml
 from project import LESION_CLASSES, free_port, run, server_process, tiny_project
 
 from benchmarks.queue import SHARED, error_lines
-
-from retinaseg import registry, tracking
+from retinaseg.evaluation import registry
+from retinaseg.tracking import mlflow_runs
 
 LEARNING_RATES = {"server-lr-1": "0.001", "server-lr-2": "0.003"}
 START_TIMEOUT = 120  # seconds for the server to answer; 7-15 s on 2 shared cores
@@ -93,7 +93,7 @@ def test_queued_experiments_log_everything_through_the_server(tracking_server, t
     print(f"\n{len(LEARNING_RATES)} queued experiments, 2 at a time, logging to a server: {seconds:.0f} s")
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    experiment = client.get_experiment_by_name(mlflow_runs.EXPERIMENT)
     assert experiment.artifact_location.startswith("mlflow-artifacts:/"), "proxied by the server, not a client path"
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     epochs = yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from project import run, set_params, tiny_project
 
-from retinaseg import resume, starters, stopping
+from retinaseg.training import resume, starters, stopping
 
 #: Epochs of the tiny project's training: enough that it is still training when its dvc repro is stopped.
 EPOCHS = 60
@@ -31,7 +31,7 @@ def test_a_signal_becomes_a_stop_at_the_next_batch(monkeypatch):
 
 TWICE = textwrap.dedent("""
     import os, signal, sys, time
-    from retinaseg import stopping
+    from retinaseg.training import stopping
     with stopping.PoliteStop():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.1)

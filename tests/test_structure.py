@@ -11,19 +11,26 @@ PACKAGE = PROJECT / "src" / "retinaseg"
 MAX_FUNCTION_LINES = 60
 
 
+def module_file(name: str) -> Path:
+    """The file of a dotted module below the package (``core.params``), or of a subpackage (``core``)."""
+    path = PACKAGE / name.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def imported_modules(path: Path) -> set[str]:
-    """Names of the ``retinaseg`` modules a file imports, at top level or inside functions."""
+    """Dotted names below ``retinaseg`` (``core.params``) of the modules a file imports, at top level or inside
+    functions; ``from retinaseg.core import params`` names the module ``core.params``."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "retinaseg":
-            if node.module == "retinaseg":
-                names.update(alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists())
-            else:
-                names.add(node.module.split(".")[1])
+            parent = node.module.partition(".")[2]
+            for alias in node.names:
+                child = f"{parent}.{alias.name}" if parent else alias.name
+                names.add(child if module_file(child).exists() else parent)
         elif isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[1] for alias in node.names
+            names.update(alias.name.partition(".")[2] for alias in node.names
                          if alias.name.startswith("retinaseg."))
-    return names
+    return names - {""}
 
 
 def import_closure(script: Path) -> set[str]:
@@ -34,37 +41,62 @@ def import_closure(script: Path) -> set[str]:
         name = pending.pop()
         if name not in seen:
             seen.add(name)
-            pending |= imported_modules(PACKAGE / f"{name}.py")
+            pending |= imported_modules(module_file(name))
     return seen
 
 
+def folders(modules: set[str]) -> set[str]:
+    """The package's subpackages (``core``, ``training``, ...) that hold these modules."""
+    return {name.split(".")[0] for name in modules}
+
+
 def declared_stages():
-    """(stage name, script path, declared package modules) of every stage in dvc.yaml."""
+    """(stage name, script path, declared package folders) of every stage in dvc.yaml."""
     stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         body = stage.get("do", stage)
         script = PROJECT / body["cmd"].split()[1]
-        declared = {Path(dep).stem for dep in body["deps"] if dep.startswith("src/retinaseg/")}
+        declared = {dep.removeprefix("src/retinaseg/") for dep in body["deps"] if dep.startswith("src/retinaseg/")}
         yield name, script, declared
 
 
 @pytest.mark.parametrize("name, script, declared", list(declared_stages()),
                          ids=[name for name, _, _ in declared_stages()])
-def test_stage_deps_are_exactly_the_import_closure(name, script, declared):
-    """A module a stage runs but does not declare would let DVC reuse a stale result; one it declares
-    but does not run would rerun the stage for nothing."""
+def test_stage_deps_are_exactly_the_folders_it_imports_from(name, script, declared):
+    """A folder a stage runs code from but does not declare would let DVC reuse a stale result; one it declares
+    but does not run would rerun the stage for nothing. Folders, not files: a stage's code is what they hold."""
     closure = import_closure(script)
     assert closure, f"{script} imports nothing from the package"
-    assert declared == closure, (f"stage {name}: declare {sorted(closure - declared)}, "
-                                 f"drop {sorted(declared - closure)}")
+    assert all((PACKAGE / folder).is_dir() for folder in declared), f"stage {name}: declare folders only"
+    assert declared == folders(closure), (f"stage {name}: declare {sorted(folders(closure) - declared)}, "
+                                          f"drop {sorted(declared - folders(closure))}")
+
+
+def test_every_module_sits_in_a_subpackage_named_for_its_stage_or_role():
+    """The package's top level holds only subpackages (and its own ``__init__``): a module's folder is its stage."""
+    assert sorted(path.name for path in PACKAGE.glob("*.py")) == ["__init__.py"]
+    subpackages = sorted(path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__")
+    assert subpackages == ["augment", "compare", "core", "evaluation", "fetch", "model", "prepare", "tracking",
+                           "training"]
+    for folder in PACKAGE.rglob("*"):
+        if folder.is_dir() and folder.name != "__pycache__":
+            assert (folder / "__init__.py").exists(), f"{folder.relative_to(PROJECT)} has no __init__.py"
 
 
 def test_the_closure_follows_imports_inside_functions(tmp_path):
     script = tmp_path / "stage.py"
-    script.write_text("def main():\n    from retinaseg.training import train_task\n")
+    script.write_text("def main():\n    from retinaseg.training.fit import train_task\n")
     closure = import_closure(script)
-    assert {"training", "model", "losses", "tasks", "params", "tracking"} <= closure
-    assert "predict" not in closure
+    assert {"training.fit", "model.unet", "model.losses", "core.tasks", "core.params",
+            "tracking.mlflow_runs"} <= closure
+    assert "evaluation.predict" not in closure
+    assert folders(closure) == {"core", "model", "training", "tracking"}
+
+
+def test_a_module_imported_from_its_subpackage_counts_as_that_module(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text("from retinaseg.core import params, stage\nimport retinaseg.evaluation.froc\n")
+    assert imported_modules(script) == {"core.params", "core.stage", "evaluation.froc"}
 
 
 def long_functions(root: Path) -> list[str]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from retinaseg.summary import evaluation_figures, model_key, training_figures
+from retinaseg.tracking.summary import evaluation_figures, model_key, training_figures
 
 
 def class_scores(found, references, fp, predicted, core, cpm, dice):

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinaseg import layout
-from retinaseg.calibration import region_contrast
-from retinaseg.dataset import DiaretDB1
-from retinaseg.params import DataParams
-from retinaseg.synthetic import STYLES, build_archive, generate
-from retinaseg.synthetic_fundus import Canvas
+from retinaseg.core import layout
+from retinaseg.core.params import DataParams
+from retinaseg.fetch.dataset import DiaretDB1
+from retinaseg.fetch.synthetic.calibration import region_contrast
+from retinaseg.fetch.synthetic.drawing import Canvas
+from retinaseg.fetch.synthetic.generator import STYLES, build_archive, generate
 
 NUM = 8
 SIZE = (150, 115)

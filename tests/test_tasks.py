@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from keras import ops
 
-from retinaseg import masks, tasks
-from retinaseg.losses import build_loss, dice_coefficient
-from retinaseg.model import build_unet
-from retinaseg.params import ModelParams
-from retinaseg.tasks import Task
+from retinaseg.core import tasks
+from retinaseg.core.params import ModelParams
+from retinaseg.core.tasks import Task
+from retinaseg.model.losses import build_loss, dice_coefficient
+from retinaseg.model.unet import build_unet
+from retinaseg.prepare import masks
 
 BINARY = Task("binary", {"hemorrhages": ["hemorrhages"]})
 TWO = Task("multiclass", {"red": ["hemorrhages", "redsmalldots"], "bright": ["hardexudates", "softexudates"]})

@@ -11,22 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from retinaseg import tracking
-from retinaseg.errors import PipelineError
+from retinaseg.core.errors import PipelineError
+from retinaseg.tracking import mlflow_runs
 
 
 def test_project_root_sees_through_dvc_temp_experiments(tmp_path):
-    assert tracking.project_root(tmp_path) == tmp_path
+    assert mlflow_runs.project_root(tmp_path) == tmp_path
     temp_copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
     temp_copy.mkdir(parents=True)
-    assert tracking.project_root(temp_copy) == tmp_path
+    assert mlflow_runs.project_root(temp_copy) == tmp_path
 
 
 def test_tracking_uri_is_absolute_sqlite_unless_overridden(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert mlflow_runs.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+    assert mlflow_runs.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
 
 
 def git(*args, cwd):
@@ -64,7 +64,7 @@ def test_run_tags_carry_task_commit_and_experiment(isolated_git, monkeypatch):
     monkeypatch.chdir(repo / "sub")
     monkeypatch.setenv("DVC_EXP_NAME", "brave-newt")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "f" * 40)
-    tags = tracking.run_tags("binary")
+    tags = mlflow_runs.run_tags("binary")
     assert len(commit) == 40
     assert tags == {"task": "binary", "git_commit": commit, "mlflow.source.git.commit": commit,
                     "dvc_exp_name": "brave-newt", "dvc_exp_baseline_rev": "f" * 40}
@@ -76,10 +76,10 @@ def test_run_names_carry_the_variant_and_the_experiment_or_the_commit(isolated_g
     commit = commit_repo(repo)
     monkeypatch.chdir(repo / "sub")
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    name, _, short = tracking.run_name("binary").partition("@")
+    name, _, short = mlflow_runs.run_name("binary").partition("@")
     assert name == "binary" and len(short) >= 7 and commit.startswith(short)
     monkeypatch.setenv("DVC_EXP_NAME", "brave-newt")
-    assert tracking.run_name("multiclass_transfer") == "multiclass_transfer@brave-newt"
+    assert mlflow_runs.run_name("multiclass_transfer") == "multiclass_transfer@brave-newt"
 
 
 @needs_git
@@ -99,18 +99,18 @@ def test_run_tags_without_a_readable_commit_have_no_git_commit(isolated_git, mon
     monkeypatch.chdir(folder)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
-    assert tracking.run_tags("multiclass") == {"task": "multiclass"}
+    assert mlflow_runs.run_tags("multiclass") == {"task": "multiclass"}
 
 
 def test_setup_creates_experiment_with_artifacts_in_project(tmp_path, monkeypatch):
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    experiment_id = tracking.setup(tmp_path)
+    experiment_id = mlflow_runs.setup(tmp_path)
     experiment = mlflow.get_experiment(experiment_id)
-    assert experiment.name == tracking.EXPERIMENT
+    assert experiment.name == mlflow_runs.EXPERIMENT
     assert experiment.artifact_location == (tmp_path / "mlruns").as_uri()
-    assert tracking.setup(tmp_path) == experiment_id
+    assert mlflow_runs.setup(tmp_path) == experiment_id
     assert Path(tmp_path / "mlflow.db").exists()
 
 
@@ -118,12 +118,12 @@ def test_the_experiment_opens_on_its_runs_table_and_make_ui_prints_its_url(tmp_p
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    assert tracking.runs_table_url("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+    assert mlflow_runs.runs_table_url("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
     assert not (tmp_path / "mlflow.db").exists(), "asking for the URL creates no store"
-    experiment_id = tracking.setup(tmp_path)
+    experiment_id = mlflow_runs.setup(tmp_path)
     experiment = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment(experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert tracking.runs_table_url("http://127.0.0.1:5000", tmp_path) == \
+    assert mlflow_runs.runs_table_url("http://127.0.0.1:5000", tmp_path) == \
         f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
 
 
@@ -141,19 +141,19 @@ def test_mlflow_telemetry_is_off_unless_a_user_turns_it_on(preset):
 def test_a_tracking_server_keeps_its_own_artifact_root(tmp_path):
     """A client-side folder would be on the client's disk only; the server's root (mlflow-artifacts:/ with
     --serve-artifacts) is the same for every client. tests/test_server.py checks it on a real server."""
-    assert tracking._artifact_location("http://127.0.0.1:5000", tmp_path) is None
-    assert tracking._artifact_location("HTTPS://mlflow.example.org", tmp_path) is None
-    assert tracking._artifact_location(f"sqlite:///{tmp_path}/other.db", tmp_path) == (tmp_path / "mlruns").as_uri()
+    assert mlflow_runs._artifact_location("http://127.0.0.1:5000", tmp_path) is None
+    assert mlflow_runs._artifact_location("HTTPS://mlflow.example.org", tmp_path) is None
+    assert mlflow_runs._artifact_location(f"sqlite:///{tmp_path}/other.db", tmp_path) == (tmp_path / "mlruns").as_uri()
 
 
 def test_a_run_missing_from_the_store_is_named_with_the_fix(tmp_path, monkeypatch):
     from helpers import one_line_error
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    run_file = tmp_path / "metrics" / "train" / "binary" / tracking.RUN_FILE
+    run_file = tmp_path / "metrics" / "train" / "binary" / mlflow_runs.RUN_FILE
     run_file.parent.mkdir(parents=True)
     run_file.write_text('{"run_id": "0123456789abcdef0123456789abcdef"}')
-    one_line_error(lambda: tracking.require_run(run_file),
+    one_line_error(lambda: mlflow_runs.require_run(run_file),
                    f"{run_file}: MLflow run 0123456789abcdef0123456789abcdef is not in", "dvc repro --force")
 
 
@@ -161,10 +161,10 @@ def test_a_run_missing_from_the_store_is_named_with_the_fix(tmp_path, monkeypatc
 def test_an_unreadable_run_file_is_named_with_the_fix(tmp_path, text):
     from helpers import one_line_error
 
-    run_file = tmp_path / tracking.RUN_FILE
+    run_file = tmp_path / mlflow_runs.RUN_FILE
     run_file.write_text(text)
-    one_line_error(lambda: tracking.read_run(run_file), f"{run_file}: no readable MLflow run", "dvc repro --force")
-    one_line_error(lambda: tracking.read_run(tmp_path / "missing.json"), "missing.json: no readable MLflow run")
+    one_line_error(lambda: mlflow_runs.read_run(run_file), f"{run_file}: no readable MLflow run", "dvc repro --force")
+    one_line_error(lambda: mlflow_runs.read_run(tmp_path / "missing.json"), "missing.json: no readable MLflow run")
 
 
 # --- A tracking server that is down or is not MLflow: setup stops within seconds with one line.
@@ -247,7 +247,7 @@ def http_server(status, body, content_type="application/json"):
 def test_setup_stops_at_once_when_no_server_listens(closed_port, monkeypatch):
     uri = f"http://127.0.0.1:{closed_port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    outcome = outcome_within(PROBE_LIMIT, tracking.setup)
+    outcome = outcome_within(PROBE_LIMIT, mlflow_runs.setup)
     assert_one_line_error(outcome, f"MLflow tracking server {uri} does not answer (connection refused)",
                           "mlflow server --host 127.0.0.1 --port 5000", "unset MLFLOW_TRACKING_URI")
 
@@ -255,8 +255,8 @@ def test_setup_stops_at_once_when_no_server_listens(closed_port, monkeypatch):
 def test_setup_stops_when_the_server_does_not_answer(silent_port, monkeypatch):
     uri = f"http://127.0.0.1:{silent_port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setattr(tracking, "PROBE_TIMEOUT", 1, raising=False)
-    outcome = outcome_within(PROBE_LIMIT, tracking.setup)
+    monkeypatch.setattr(mlflow_runs, "PROBE_TIMEOUT", 1, raising=False)
+    outcome = outcome_within(PROBE_LIMIT, mlflow_runs.setup)
     assert_one_line_error(outcome, f"{uri} does not answer (no answer within 1 s)", "unset MLFLOW_TRACKING_URI")
     assert outcome["seconds"] < 5  # one attempt, no retries
 
@@ -264,7 +264,7 @@ def test_setup_stops_when_the_server_does_not_answer(silent_port, monkeypatch):
 def test_setup_stops_when_the_server_is_not_mlflow(monkeypatch):
     with http_server(404, "<html>Not Found</html>", "text/html") as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        outcome = outcome_within(PROBE_LIMIT, tracking.setup)
+        outcome = outcome_within(PROBE_LIMIT, mlflow_runs.setup)
     assert_one_line_error(outcome, f"{uri} answers but is not an MLflow tracking server (HTTP 404",
                           "unset MLFLOW_TRACKING_URI")
 
@@ -272,14 +272,14 @@ def test_setup_stops_when_the_server_is_not_mlflow(monkeypatch):
 def test_setup_names_refused_access(monkeypatch):
     with http_server(401, '{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}') as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        outcome = outcome_within(PROBE_LIMIT, tracking.setup)
+        outcome = outcome_within(PROBE_LIMIT, mlflow_runs.setup)
     assert_one_line_error(outcome, f"{uri} refused access (HTTP 401)", "MLFLOW_TRACKING_USERNAME")
 
 
 def test_setup_names_a_failing_server(monkeypatch):
     with http_server(500, '{"error_code": "INTERNAL_ERROR", "message": "database is locked"}') as uri:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        outcome = outcome_within(PROBE_LIMIT, tracking.setup)
+        outcome = outcome_within(PROBE_LIMIT, mlflow_runs.setup)
     assert_one_line_error(outcome, f"MLflow tracking server {uri} failed (HTTP 500: database is locked)",
                           "server's log")
 
@@ -290,14 +290,15 @@ def test_setup_names_a_failing_server(monkeypatch):
 ])
 def test_store_check_accepts_what_an_mlflow_server_answers(status, body):
     with http_server(status, body) as uri:
-        tracking.check_store(uri)
+        mlflow_runs.check_store(uri)
 
 
 def test_a_stage_with_the_server_down_prints_one_error_line_and_exits_1(closed_port):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port}"}
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c",
-                             "from retinaseg import stage, tracking; stage.run(lambda argv: tracking.setup())"],
+                             "from retinaseg.core import stage; from retinaseg.tracking import mlflow_runs; "
+                             "stage.run(lambda argv: mlflow_runs.setup())"],
                             env=env, capture_output=True, text=True, timeout=3 * PROBE_LIMIT)
     seconds = time.monotonic() - started
     assert result.returncode == 1, result.stderr
@@ -312,7 +313,7 @@ def test_experiment_created_meanwhile_by_another_process_is_reused(tmp_path, mon
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    first = tracking.setup(tmp_path)
+    first = mlflow_runs.setup(tmp_path)
     real = mlflow.get_experiment_by_name
     calls = []
 
@@ -321,7 +322,7 @@ def test_experiment_created_meanwhile_by_another_process_is_reused(tmp_path, mon
         return None if len(calls) == 1 else real(name)
 
     monkeypatch.setattr(mlflow, "get_experiment_by_name", not_there_yet)
-    assert tracking.setup(tmp_path) == first
+    assert mlflow_runs.setup(tmp_path) == first
     assert len(calls) == 2
 
 
@@ -329,10 +330,10 @@ def test_a_deleted_experiment_is_named_with_the_fix(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    experiment_id = tracking.setup(tmp_path)
+    experiment_id = mlflow_runs.setup(tmp_path)
     MlflowClient().delete_experiment(experiment_id)
-    outcome = outcome_within(PROBE_LIMIT, lambda: tracking.setup(tmp_path))
-    assert_one_line_error(outcome, f"MLflow experiment '{tracking.EXPERIMENT}' (id {experiment_id}) is deleted",
+    outcome = outcome_within(PROBE_LIMIT, lambda: mlflow_runs.setup(tmp_path))
+    assert_one_line_error(outcome, f"MLflow experiment '{mlflow_runs.EXPERIMENT}' (id {experiment_id}) is deleted",
                           f"mlflow experiments restore --experiment-id {experiment_id}")
 
 
@@ -340,7 +341,7 @@ def test_a_store_in_a_folder_that_cannot_exist_is_named(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("not a folder")
     uri = f"sqlite:///{tmp_path}/file/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    outcome = outcome_within(PROBE_LIMIT, tracking.setup)
+    outcome = outcome_within(PROBE_LIMIT, mlflow_runs.setup)
     assert_one_line_error(outcome, f"MLflow store {uri}: cannot create {tmp_path}/file/mlflow.db.lock",
                           "MLFLOW_TRACKING_URI")
 
@@ -349,7 +350,7 @@ def test_a_store_held_by_a_hung_process_is_named_after_the_lock_timeout(tmp_path
     from filelock import FileLock
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(tracking, "LOCK_TIMEOUT", 0.5)
+    monkeypatch.setattr(mlflow_runs, "LOCK_TIMEOUT", 0.5)
     held, release = threading.Event(), threading.Event()
 
     def hold():  # another thread, so the lock is not re-entered
@@ -361,12 +362,12 @@ def test_a_store_held_by_a_hung_process_is_named_after_the_lock_timeout(tmp_path
     holder.start()
     assert held.wait(10)
     try:
-        outcome = outcome_within(PROBE_LIMIT, lambda: tracking.setup(tmp_path))
+        outcome = outcome_within(PROBE_LIMIT, lambda: mlflow_runs.setup(tmp_path))
     finally:
         release.set()
         holder.join(10)
     assert_one_line_error(outcome, f"waited 0.5 s for {tmp_path}/mlflow.db.lock, held by another process")
-    assert tracking.setup(tmp_path)  # free again
+    assert mlflow_runs.setup(tmp_path)  # free again
 
 
 WORKER = """
@@ -374,13 +375,13 @@ import sys, time
 from pathlib import Path
 
 import mlflow
-from retinaseg import tracking
+from retinaseg.tracking import mlflow_runs
 
 root, index, start = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 (start.parent / f"ready-{index}").touch()
 while not start.exists():
     time.sleep(0.002)
-experiment_id = tracking.setup(root)
+experiment_id = mlflow_runs.setup(root)
 with mlflow.start_run(experiment_id=experiment_id, run_name=f"worker-{index}"):
     mlflow.log_params({"worker": index, "train.lr": 0.001 * (index + 1)})
     for step in range(3):
@@ -426,7 +427,7 @@ def test_processes_starting_together_on_a_new_store_all_log_their_runs(tmp_path)
     assert not failures, failures
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    ours = [e for e in client.search_experiments() if e.name == tracking.EXPERIMENT]
+    ours = [e for e in client.search_experiments() if e.name == mlflow_runs.EXPERIMENT]
     assert len(ours) == 1
     runs = client.search_runs([ours[0].experiment_id])
     assert sorted(run.info.run_name for run in runs) == [f"worker-{index}" for index in range(workers)]

@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import one_line_error
-from retinaseg.model import build_unet
-from retinaseg.params import ModelParams
-from retinaseg.tasks import Task
-from retinaseg.trained import is_mlflow_uri, load_trained
+
+from retinaseg.core.params import ModelParams
+from retinaseg.core.tasks import Task
+from retinaseg.model.trained import is_mlflow_uri, load_trained
+from retinaseg.model.unet import build_unet
 
 TINY = ModelParams(depth=2, base_filters=4, dropout=0.5, batch_norm=True, upsampling="transpose")
 MULTICLASS = Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates", "softexudates")})
@@ -112,13 +112,13 @@ def test_only_uris_go_to_mlflow():
 def test_mlflow_runs_uri_loads_the_logged_model_and_its_run_json(saved, tmp_path, monkeypatch, capsys):
     import mlflow
 
-    from retinaseg import tracking
+    from retinaseg.tracking import mlflow_runs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     folder = with_run_json(saved, tmp_path, RUN)
     model = load_trained(folder).model
-    with mlflow.start_run(experiment_id=tracking.setup()) as run:
+    with mlflow.start_run(experiment_id=mlflow_runs.setup()) as run:
         mlflow.tensorflow.log_model(model, name="model", pip_requirements=[])
         mlflow.log_artifact(str(folder / "run.json"))
     uri = f"runs:/{run.info.run_id}/model"
@@ -134,12 +134,13 @@ def test_a_registered_model_carries_what_predict_needs_without_a_run_json(saved,
     """Training logs classes, image size and crop as the model's metadata: the registered version alone suffices."""
     import mlflow
 
-    from retinaseg import registry, tracking
+    from retinaseg.evaluation import registry
+    from retinaseg.tracking import mlflow_runs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     settings = {key: RUN[key] for key in ("task", "classes", "image_size", "crop_to_fundus")}
-    with mlflow.start_run(experiment_id=tracking.setup()) as run:
+    with mlflow.start_run(experiment_id=mlflow_runs.setup()) as run:
         mlflow.tensorflow.log_model(load_trained(with_run_json(saved, tmp_path, RUN)).model, name="model",
                                     pip_requirements=[], metadata=settings)
     registry.register(run.info.run_id, "multiclass", "multiclass", 0.5)
@@ -151,12 +152,13 @@ def test_a_registered_model_carries_what_predict_needs_without_a_run_json(saved,
 def test_a_registry_alias_loads_the_champion_and_its_run_json(saved, tmp_path, monkeypatch):
     import mlflow
 
-    from retinaseg import registry, tracking
+    from retinaseg.evaluation import registry
+    from retinaseg.tracking import mlflow_runs
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     folder = with_run_json(saved, tmp_path, RUN)
-    with mlflow.start_run(experiment_id=tracking.setup()) as run:
+    with mlflow.start_run(experiment_id=mlflow_runs.setup()) as run:
         mlflow.tensorflow.log_model(load_trained(folder).model, name="model", pip_requirements=[])
         mlflow.log_artifact(str(folder / "run.json"))
     version, champion = registry.register(run.info.run_id, "multiclass", "multiclass", 0.5)

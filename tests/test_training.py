@@ -6,16 +6,18 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from helpers import one_line_error
-from retinaseg import params, tracking, training
-from retinaseg.augment import augment_training_set
-from retinaseg.errors import PipelineError
-from retinaseg.model import build_unet
-from retinaseg.params import AugmentParams, ModelParams, PrepareParams, TrainParams
-from retinaseg.prepare import prepare_dataset
-from retinaseg.synthetic import generate
-from retinaseg.tasks import Task
+
+from retinaseg.augment.warps import augment_training_set
+from retinaseg.core import params
+from retinaseg.core.errors import PipelineError
+from retinaseg.core.params import AugmentParams, ModelParams, PrepareParams, TrainParams
+from retinaseg.core.tasks import Task
+from retinaseg.fetch.synthetic.generator import generate
+from retinaseg.model.unet import build_unet
+from retinaseg.prepare.sets import prepare_dataset
+from retinaseg.tracking import mlflow_runs
+from retinaseg.training import fit
 
 PROJECT = Path(__file__).resolve().parents[1]
 AUGMENT = AugmentParams(copies=1, seed=0, rotation_deg=10, shift=0.05, zoom=[0.9, 1.0], shear_deg=0,
@@ -53,21 +55,21 @@ def inputs(arrays: Path) -> dict:
             "logged_params": {}}
 
 
-def outputs(folder: Path, name: str) -> training.Outputs:
-    return training.Outputs(folder / "models" / name, folder / "metrics" / name, folder / "checkpoints" / name)
+def outputs(folder: Path, name: str) -> fit.Outputs:
+    return fit.Outputs(folder / "models" / name, folder / "metrics" / name, folder / "checkpoints" / name)
 
 
 def test_validation_ids_are_a_seeded_subset_of_training_ids():
     ids = np.arange(1, 28)
-    held_out = training.validation_ids(ids, 0.15, seed=42)
+    held_out = fit.validation_ids(ids, 0.15, seed=42)
     assert len(held_out) == 4 and set(held_out) <= set(ids)
-    assert held_out.tolist() == training.validation_ids(ids, 0.15, seed=42).tolist()
-    assert training.validation_ids(ids, 0.0, seed=42).size == 0
+    assert held_out.tolist() == fit.validation_ids(ids, 0.15, seed=42).tolist()
+    assert fit.validation_ids(ids, 0.0, seed=42).size == 0
 
 
 def test_training_data_holds_out_whole_images_unaugmented(arrays):
-    data = training.load_training_data(MULTICLASS, arrays / "prepared", arrays / "augmented", TRAIN)
-    assert data.val_ids.tolist() == training.validation_ids(np.arange(1, 5), TRAIN.val_fraction, TRAIN.seed).tolist()
+    data = fit.load_training_data(MULTICLASS, arrays / "prepared", arrays / "augmented", TRAIN)
+    assert data.val_ids.tolist() == fit.validation_ids(np.arange(1, 5), TRAIN.val_fraction, TRAIN.seed).tolist()
     assert len(data.val_ids) == 1 and data.train_images == 3
     assert len(data.train_x) == len(data.train_y) == (AUGMENT.copies + 1) * 3, "no copy of a validation image"
     assert len(data.val_x) == 1 and data.val_y.shape == (1, 16, 16, MULTICLASS.num_planes)
@@ -77,21 +79,21 @@ def test_training_data_holds_out_whole_images_unaugmented(arrays):
 def test_make_dataset_keeps_pixel_values_and_scales_targets():
     images = np.array([0, 1, 128, 255], dtype=np.uint8).reshape(1, 2, 2, 1).repeat(3, axis=-1)
     confidence = np.array([0, 51, 204, 255], dtype=np.uint8).reshape(1, 2, 2, 1)
-    ((x, y),) = list(training.make_dataset(images, confidence, batch_size=1, shuffle_seed=None, target_scale=255.0))
+    ((x, y),) = list(fit.make_dataset(images, confidence, batch_size=1, shuffle_seed=None, target_scale=255.0))
     assert x.dtype == "float32" and np.array_equal(x.numpy(), images.astype(np.float32)), "the model scales pixels"
     np.testing.assert_allclose(y.numpy().ravel(), [0, 0.2, 0.8, 1.0], rtol=1e-6)
 
 
 @pytest.mark.usefixtures("mlflow_store")
 def test_nan_loss_stops_with_a_clear_message_and_no_outputs(arrays, tmp_path, monkeypatch):
-    make_dataset = training.make_dataset
+    make_dataset = fit.make_dataset
 
     def poisoned(*args, **kwargs):
         return make_dataset(*args, **kwargs).map(lambda x, y: (x, y * np.nan))
 
-    monkeypatch.setattr(training, "make_dataset", poisoned)
+    monkeypatch.setattr(fit, "make_dataset", poisoned)
     with pytest.raises(PipelineError, match=r"train \w+: the loss became nan at epoch 1; lower train.lr"):
-        training.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
+        fit.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
     assert list((tmp_path / "models").iterdir()) == [], "no model folder, not even a partial one"
     assert not (tmp_path / "metrics").exists() or not list((tmp_path / "metrics").iterdir()), \
         "no training curve, not even a partial one"
@@ -105,9 +107,9 @@ def test_infinite_loss_stops_like_nan(arrays, tmp_path, monkeypatch):
     def infinite(y_true, y_pred):
         return ops.mean(y_pred) * 0 + np.inf
 
-    monkeypatch.setattr(training.losses, "build_loss", lambda *args: infinite)
+    monkeypatch.setattr(fit.losses, "build_loss", lambda *args: infinite)
     with pytest.raises(PipelineError, match=r"train \w+: the loss became inf at epoch 1; lower train.lr"):
-        training.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
+        fit.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
     assert list((tmp_path / "models").iterdir()) == [], "no model folder, not even a partial one"
 
 
@@ -145,24 +147,24 @@ def test_transfer_freezes_the_encoder_for_the_frozen_epochs_then_trains_it(array
     logged = []  # MLflow's model logging (seconds per run) is not what this test is about
     monkeypatch.setattr(importlib.import_module("mlflow.tensorflow"), "log_model",  # the module, not a lazy loader
                         lambda model, **kwargs: logged.append(kwargs["name"]))
-    binary = training.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
+    binary = fit.train_task(BINARY, outputs=outputs(tmp_path, "binary"), train_params=TRAIN, **inputs(arrays))
 
-    recorder, fit_phases = WeightRecorder(), training.fit_phases
+    recorder, fit_phases = WeightRecorder(), fit.fit_phases
 
     def recording(*args, **kwargs):
         call = inspect.signature(fit_phases).bind(*args, **kwargs)
         call.arguments["callbacks"] = [*call.arguments["callbacks"], recorder]
         return fit_phases(*call.args, **call.kwargs)
 
-    monkeypatch.setattr(training, "fit_phases", recording)
-    transfer = training.train_task(MULTICLASS, outputs=outputs(tmp_path, "transfer"), train_params=train,
+    monkeypatch.setattr(fit, "fit_phases", recording)
+    transfer = fit.train_task(MULTICLASS, outputs=outputs(tmp_path, "transfer"), train_params=train,
                                    variant="multiclass_transfer", init_from=outputs(tmp_path, "binary"),
                                    freeze_encoder_epochs=frozen, **inputs(arrays))
     assert transfer["init_from_run_id"] == binary["run_id"]
     assert (transfer["frozen_encoder_epochs"], transfer["epochs"]) == (1, 2)
     run = json.loads((tmp_path / "models" / "transfer" / "run.json").read_text())
     assert run["classes"] == ["background", "red", "bright"] and run["init_from"] == "binary"
-    linked = json.loads((tmp_path / "metrics" / "transfer" / tracking.RUN_FILE).read_text())
+    linked = json.loads((tmp_path / "metrics" / "transfer" / mlflow_runs.RUN_FILE).read_text())
     assert linked["init_from_run_id"] == binary["run_id"] and linked["run_id"] == transfer["run_id"]
 
     source = keras.saving.load_model(tmp_path / "models" / "binary" / "model.keras", compile=False)
@@ -187,23 +189,23 @@ def test_transfer_freezes_the_encoder_for_the_frozen_epochs_then_trains_it(array
 
 @pytest.mark.usefixtures("mlflow_store")
 def test_transfer_from_a_missing_model_names_it(arrays, tmp_path):
-    one_line_error(lambda: training.train_task(
+    one_line_error(lambda: fit.train_task(
         MULTICLASS, outputs=outputs(tmp_path, "t"), train_params=TRAIN, init_from=outputs(tmp_path, "binary"),
         **inputs(arrays)), "models/binary/model.keras: missing", "dvc repro")
 
 
 @pytest.mark.usefixtures("mlflow_store")
 def test_confidence_target_trains_on_soft_planes(arrays, tmp_path, monkeypatch):
-    make_dataset, seen = training.make_dataset, []
+    make_dataset, seen = fit.make_dataset, []
 
     def recording(images, masks, *args, **kwargs):
         dataset = make_dataset(images, masks, *args, **kwargs)
         seen.append(np.concatenate([y.numpy() for _, y in dataset]))
         return dataset
 
-    monkeypatch.setattr(training, "make_dataset", recording)
+    monkeypatch.setattr(fit, "make_dataset", recording)
     soft = TRAIN.model_copy(update={"target": "confidence"})
-    summary = training.train_task(BINARY, outputs=outputs(tmp_path, "soft"), train_params=soft, **inputs(arrays))
+    summary = fit.train_task(BINARY, outputs=outputs(tmp_path, "soft"), train_params=soft, **inputs(arrays))
     targets = seen[0]
     assert 0 <= targets.min() and targets.max() <= 1
     assert np.any((targets > 0) & (targets < 1)), "soft values between none and full agreement"
@@ -239,8 +241,8 @@ def test_a_model_learns_to_segment_bright_spots():
         return 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
 
     untrained = dice()
-    data = training.TrainingData(images, masks, images[:0], masks[:0], np.empty(0, np.int32), len(images))
-    history = training.fit_phases(model, BINARY, train, data, [], frozen_epochs=0, class_weights=None)
+    data = fit.TrainingData(images, masks, images[:0], masks[:0], np.empty(0, np.int32), len(images))
+    history = fit.fit_phases(model, BINARY, train, data, [], frozen_epochs=0, class_weights=None)
     trained = dice()
     assert len(history["loss"]) == 10 and history["loss"][-1] < history["loss"][0]  # 40 steps of 4 images
     # Measured: 0.99 here, 0.90-0.99 over other data seeds, seeds of the weights and lr 0.003;
@@ -252,9 +254,9 @@ def test_a_model_learns_to_segment_bright_spots():
 @pytest.mark.usefixtures("mlflow_store")
 def test_the_same_training_twice_gives_the_same_model_folder_and_a_new_run(arrays, tmp_path):
     """models/<variant> holds nothing machine- or time-dependent, so DVC hashes it alike in every clone."""
-    first = training.train_task(BINARY, outputs=outputs(tmp_path / "one", "binary"), train_params=TRAIN,
+    first = fit.train_task(BINARY, outputs=outputs(tmp_path / "one", "binary"), train_params=TRAIN,
                                 **inputs(arrays))
-    second = training.train_task(BINARY, outputs=outputs(tmp_path / "two", "binary"), train_params=TRAIN,
+    second = fit.train_task(BINARY, outputs=outputs(tmp_path / "two", "binary"), train_params=TRAIN,
                                  **inputs(arrays))
     folders = [tmp_path / name / "models" / "binary" for name in ("one", "two")]
     assert sorted(path.name for path in folders[0].iterdir()) == ["model.keras", "run.json"]
@@ -264,6 +266,6 @@ def test_the_same_training_twice_gives_the_same_model_folder_and_a_new_run(array
     assert not {"run_id", "experiment_id", "tracking_uri", "train_seconds", "init_from_run_id"} & set(run)
     assert first["run_id"] != second["run_id"]
     records = tmp_path / "one" / "metrics" / "binary"
-    assert json.loads((records / tracking.RUN_FILE).read_text())["run_id"] == first["run_id"]
+    assert json.loads((records / mlflow_runs.RUN_FILE).read_text())["run_id"] == first["run_id"]
     figures = json.loads((records / "train.json").read_text())
     assert figures == {"binary": {"best_val_dice": first["best_val_dice"], "train_s": first["train_seconds"]}}

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from retinaseg import truth
-from retinaseg.errors import PipelineError
+from retinaseg.core.errors import PipelineError
+from retinaseg.evaluation import truth
 
 
 def _lesion(x, y, major, minor=None, angle=0.0, kind="dot_blot_haemorrhage", annotators=4):

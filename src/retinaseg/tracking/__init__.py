@@ -1,0 +1,1 @@
+"""MLflow: the store, runs and datasets (``runs``) and the Model Registry (``registry``)."""
