@@ -19,7 +19,7 @@ import tensorflow as tf
 from benchmarks import data, flops
 from benchmarks.config import BINARY, Config, Net, train_params
 from benchmarks.measure import rate, repeat, stats, target
-from retinaseg.evaluation.evaluate import predict
+from retinaseg.model.trained import predict_batches
 from retinaseg.model.unet import build_unet
 from retinaseg.training import distribute, hardware
 from retinaseg.training.fit import compile_unet, make_dataset
@@ -236,7 +236,7 @@ def inference(cfg: Config, run) -> dict:
 
 def _predict_rate(model: keras.Model, rng: np.random.Generator, count: int, warmup: int, reps: int) -> dict:
     images = rng.integers(0, 256, (count, *model.input_shape[1:]), np.uint8)
-    seconds = repeat(lambda: predict(model, images), warmup, reps)
+    seconds = repeat(lambda: predict_batches(model, images), warmup, reps)
     forward = flops.analytic_forward_flops(model)["total"]
     return {"size": list(images.shape[1:3]), "images": count, "seconds": stats(seconds),
             "images_per_second": rate(count, seconds), "gflops": rate(forward * count / 1e9, seconds)}

@@ -37,7 +37,9 @@ def _kernel_outputs(layer) -> int:
 
 def profiler_forward_flops(model: keras.Model) -> dict[str, int]:
     """FLOPs per op type that the TF profiler counts in the frozen inference graph at batch 1."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     spec = tf.TensorSpec((1, *model.input_shape[1:]), tf.float32)
     frozen = convert_variables_to_constants_v2(

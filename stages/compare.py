@@ -2,7 +2,13 @@
 
 from pathlib import Path
 
-from retinaseg.compare.report import comparison_rows, figure, froc_rows, markdown, read_curve
+from retinaseg.compare.report import (
+    comparison_rows,
+    figure,
+    froc_rows,
+    markdown,
+    read_curve,
+)
 from retinaseg.core import params, stage
 from retinaseg.core.atomic import atomic_path, write_json, write_text
 from retinaseg.tracking import mlflow_runs

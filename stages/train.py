@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     everything = params.load()
     task = everything.task(task_name)
     train_task(task, prepared_dir=Path("data/prepared"), augmented_dir=Path("data/augmented"),
-               outputs=Outputs(Path("models") / task.name, Path("metrics/train") / task.name, Path("checkpoints") / task.name),
+               outputs=Outputs.of(task.name),
                model_params=everything.model, train_params=everything.train,
                logged_params=params.as_written(LOGGED_BLOCKS, task.name))
 

@@ -21,11 +21,10 @@ def main(argv: list[str]) -> None:
     task, transfer = everything.task(task_name), everything.transfer
     variant = f"{task.name}_transfer"
     train_task(task, prepared_dir=Path("data/prepared"), augmented_dir=Path("data/augmented"),
-               outputs=Outputs(Path("models") / variant, Path("metrics/train") / variant, Path("checkpoints") / variant),
+               outputs=Outputs.of(variant),
                model_params=everything.model, train_params=everything.train,
                logged_params=params.as_written(LOGGED_BLOCKS, task.name), variant=variant,
-               init_from=Outputs(Path("models") / transfer.init_from, Path("metrics/train") / transfer.init_from,
-                                 Path("checkpoints") / transfer.init_from),
+               init_from=Outputs.of(transfer.init_from),
                freeze_encoder_epochs=transfer.freeze_encoder_epochs)
 
 

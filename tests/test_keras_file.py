@@ -6,7 +6,11 @@ import zipfile
 import keras
 import numpy as np
 
-from retinaseg.model.keras_file import ZIP_EPOCH, make_reproducible, renumber_shared_objects
+from retinaseg.model.keras_file import (
+    ZIP_EPOCH,
+    make_reproducible,
+    renumber_shared_objects,
+)
 
 
 def small_model():

@@ -16,7 +16,14 @@ import pytest
 import yaml
 from project import ran_stages, run, tiny_project
 
-from benchmarks.queue import LEARNING_RATES, SHARED, error_lines, queue_experiments, start_queue, wait_for_queue
+from benchmarks.queue import (
+    LEARNING_RATES,
+    SHARED,
+    error_lines,
+    queue_experiments,
+    start_queue,
+    wait_for_queue,
+)
 from retinaseg.tracking import mlflow_runs
 
 VARIANT = "binary"

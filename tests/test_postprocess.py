@@ -1,5 +1,7 @@
 """Probabilities to lesion masks: per-class thresholds, field of view, specks, optic disc."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -69,7 +71,7 @@ def test_validation_threshold_separates_lesion_from_background_probabilities():
     core[:, 8:14, 8:14] = True
     probabilities = np.where(core, rng.uniform(0.65, 0.8, core.shape), rng.uniform(0.0, 0.45, core.shape))
     fov = np.ones((32, 32), dtype=bool)
-    (threshold,) = postprocess.choose_thresholds(probabilities, core, fov, 1, [None] * 3)
+    (threshold,) = postprocess.f_beta_thresholds(probabilities, core, fov, 1, [None] * 3)
     assert 0.45 <= threshold <= 0.65  # every such threshold separates them; ties go to the lowest
 
 
@@ -87,11 +89,18 @@ def test_lesion_counts_report_components_touching_the_disc():
     assert "optic_disc_components" not in metrics.lesion_counts(reference, prediction, 1)
 
 
-def test_f_beta_below_one_weighs_precision_more():
-    assert postprocess.f_beta(6, 2, 2, 1.0) == pytest.approx(0.75)  # Dice
-    precise, sensitive = postprocess.f_beta(4, 1, 4, 0.5), postprocess.f_beta(4, 4, 1, 0.5)
+def test_f_beta_below_one_weighs_precision_more_and_is_undefined_with_nothing_to_score():
+    assert metrics.f_beta(6, 2, 2, 1.0) == pytest.approx(0.75) == metrics.scores(6, 2, 2, 0)["f1"]  # Dice
+    precise, sensitive = metrics.f_beta(4, 1, 4, 0.5), metrics.f_beta(4, 4, 1, 0.5)
     assert precise > sensitive
-    assert postprocess.f_beta(0, 0, 0, 0.5) == 0.0
+    assert math.isnan(metrics.f_beta(0, 0, 0, 0.5))
+
+
+def test_an_empty_validation_plane_keeps_the_lowest_threshold():
+    empty = np.zeros((1, 8, 8, 1), dtype=bool)
+    probabilities = np.zeros((1, 8, 8, 1), dtype=np.float32)
+    fov = np.ones((8, 8), dtype=bool)
+    assert postprocess.f_beta_thresholds(probabilities, empty, fov, 1, [None]) == [float(postprocess.THRESHOLD_GRID[0])]
 
 
 def test_lower_beta_chooses_a_higher_threshold():
@@ -100,8 +109,8 @@ def test_lower_beta_chooses_a_higher_threshold():
     core[:, 10:16, 10:16] = True
     ramp = np.where(core, rng.uniform(0.2, 1.0, core.shape), rng.uniform(0.0, 1.0, core.shape) ** 4)
     fov = np.ones((32, 32), dtype=bool)
-    (dice_threshold,) = postprocess.choose_thresholds(ramp, core, fov, 1, [None] * 2, beta=1.0)
-    (precise_threshold,) = postprocess.choose_thresholds(ramp, core, fov, 1, [None] * 2, beta=0.5)
+    (dice_threshold,) = postprocess.f_beta_thresholds(ramp, core, fov, 1, [None] * 2, beta=1.0)
+    (precise_threshold,) = postprocess.f_beta_thresholds(ramp, core, fov, 1, [None] * 2, beta=0.5)
     assert precise_threshold > dice_threshold
 
 

@@ -1,4 +1,4 @@
-"""One exception type for problems a user can fix (bad params, bad files)."""
+"""One exception type for problems a user can fix (bad params, bad files), and the one way to quote a cause."""
 
 
 class PipelineError(Exception):
@@ -17,3 +17,12 @@ class Stopped(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def one_line(cause: BaseException | str, limit: int = 300) -> str:
+    """A cause quoted inside a one-line error: its text with white space folded, cut at ``limit`` characters.
+
+    Library errors (MLflow's, TensorFlow's, zipfile's) often span lines; the stages print one.
+    """
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

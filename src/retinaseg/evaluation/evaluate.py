@@ -14,7 +14,7 @@ from retinaseg.core.params import EvaluateParams
 from retinaseg.core.tasks import Task
 from retinaseg.evaluation import anatomy, froc, postprocess, registry
 from retinaseg.evaluation.score import Curves, Scoring, score_folder, write_predictions
-from retinaseg.model.trained import TrainedModel, load_trained
+from retinaseg.model.trained import TrainedModel, load_trained, predict_batches
 from retinaseg.tracking import mlflow_runs
 from retinaseg.tracking.summary import evaluation_figures
 
@@ -22,13 +22,8 @@ from retinaseg.tracking.summary import evaluation_figures
 OVERLAY_COLOURS = {"TP": (0, 230, 0), "FP": (255, 210, 0), "FN": (255, 0, 200)}
 
 
-def predict(model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """Class probabilities for uint8 images (the model scales pixels itself), in batches to bound memory."""
-    return np.concatenate([model.predict(images[start:start + batch_size].astype(np.float32), verbose=0)
-                           for start in range(0, len(images), batch_size)])
-
-
-def overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, task: Task, title: str) -> Image.Image:
+def error_overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, task: Task,
+                  title: str) -> Image.Image:
     """The fundus beside one panel per lesion class with TP, FP and FN coloured, and a legend."""
     size = image.shape[0]
     panels = [Image.fromarray(image)]
@@ -64,7 +59,7 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     predicted area at most ``max_area_ratio`` times the core's, with
     ``f_beta`` the best pixel F-beta (``threshold_beta``).
     """
-    task, variant = trained.task, trained.run.get("variant", trained.source)
+    task, variant = trained.task, trained.run.get("variant", trained.location)
     if params.threshold != "auto":
         return [float(params.threshold)] * len(task.lesion_names), "params"
     val_ids = trained.require("val_ids")
@@ -77,9 +72,9 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     marked = train[f"marked_{task.name}"][rows]
     discs = ([anatomy.optic_disc_mask(image, fov) for image in images] if params.drop_on_optic_disc
              else [None] * len(images))
-    probabilities = predict(trained.model, images)
+    probabilities = predict_batches(trained.model, images)
     if params.operating_point == "f_beta":
-        chosen = postprocess.choose_thresholds(probabilities, core, fov, params.min_component_px, discs,
+        chosen = postprocess.f_beta_thresholds(probabilities, core, fov, params.min_component_px, discs,
                                                params.threshold_beta)
         rule = f"best pixel F{params.threshold_beta:g}"
     else:
@@ -107,12 +102,12 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, run_path
     run_id = mlflow_runs.require_run(run_path)  # first: a store that cannot be used stops the stage before any work
     trained = load_trained(model_dir)
     task = trained.task
-    thresholds, source = choose_thresholds(trained, prepared_dir, params)
-    scoring = Scoring(dict(zip(task.lesion_names, thresholds)), source, params.operating_point,
+    thresholds, threshold_source = choose_thresholds(trained, prepared_dir, params)
+    scoring = Scoring(dict(zip(task.lesion_names, thresholds)), threshold_source, params.operating_point,
                       params.target_fp_per_image, params.max_area_ratio, params.threshold_beta, params.min_component_px,
                       params.drop_on_optic_disc, params.pr_thresholds)
     test = load_set(prepared_dir / "test", task.name, core=True)
-    write_predictions(predictions_dir, test["ids"].tolist(), predict(trained.model, test["images"]))
+    write_predictions(predictions_dir, test["ids"].tolist(), predict_batches(trained.model, test["images"]))
     summary, curves, predicted = score_folder(prepared_dir / "test", predictions_dir, task, scoring, variant)
     core = test[f"core_{task.name}"].astype(bool)
     _write_outputs(out_dir, summary, curves, test["images"][:params.n_overlays], core, predicted, task, variant)
@@ -134,7 +129,7 @@ def _write_outputs(out_dir: Path, summary: dict, curves: Curves, images: np.ndar
                 write_json(tmp / f"{name}_{against}.json", rows)
     with atomic_path(out_dir / "overlays", is_dir=True) as tmp:
         for row in range(len(images)):
-            picture = overlay(images[row], reference[row], predicted[row], task,
+            picture = error_overlay(images[row], reference[row], predicted[row], task,
                               title=f"{variant} image{ids[row]:03d} vs core")
             picture.save(tmp / f"image{ids[row]:03d}.png")
     write_json(out_dir / "eval.json", summary)

@@ -42,6 +42,12 @@ def _ratio(numerator: int, denominator: int) -> float:
     return numerator / denominator if denominator else math.nan
 
 
+def f_beta(tp: int, fp: int, fn: int, beta: float = 1.0) -> float:
+    """F-score weighting recall ``beta`` times as much as precision (F1 = Dice at beta 1); NaN as ``scores``."""
+    weight = beta**2
+    return _ratio((1 + weight) * tp, (1 + weight) * tp + weight * fn + fp)
+
+
 def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
     """Precision, recall, IoU, F1 (= Dice), accuracy and specificity from one set of counts.
 
@@ -53,7 +59,7 @@ def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
         "iou": _ratio(tp, tp + fp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f1": f_beta(tp, fp, fn),
         "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
         "specificity": _ratio(tn, tn + fp),
     }

@@ -104,20 +104,13 @@ def kept_labels(mask: np.ndarray, fov: np.ndarray, min_component_px: int,
     return labels, keep
 
 
-def f_beta(tp: int, fp: int, fn: int, beta: float) -> float:
-    """F-score weighting recall ``beta`` times as much as precision (F1 = Dice at beta 1)."""
-    weight = beta**2
-    denominator = (1 + weight) * tp + weight * fn + fp
-    return (1 + weight) * tp / denominator if denominator else 0.0
-
-
-def choose_thresholds(probabilities: np.ndarray, reference: np.ndarray, fov: np.ndarray,
+def f_beta_thresholds(probabilities: np.ndarray, reference: np.ndarray, fov: np.ndarray,
                       min_component_px: int, discs: Sequence[np.ndarray | None], beta: float = 1.0) -> list[float]:
     """Per lesion plane, the grid threshold with the best pooled F-beta against ``reference``.
 
     ``probabilities`` [N,H,W,C] and boolean ``reference`` [N,H,W,C] are validation images;
     each class is thresholded on its own probability and cleaned as in evaluation. Ties go
-    to the lower threshold.
+    to the lower threshold; a threshold with nothing predicted or marked (F-beta NaN) never wins.
     """
     chosen = []
     for plane in lesion_planes(probabilities.shape[-1]):
@@ -129,7 +122,7 @@ def choose_thresholds(probabilities: np.ndarray, reference: np.ndarray, fov: np.
                                                min_component_px, disc))[0]
                 for probability, truth, disc in zip(probabilities, reference, discs))
             tp, fp, fn, _ = (int(value) for value in counts)
-            score = f_beta(tp, fp, fn, beta)
+            score = metrics.f_beta(tp, fp, fn, beta)
             if score > best_score:
                 best_score, best_threshold = score, float(threshold)
         chosen.append(best_threshold)

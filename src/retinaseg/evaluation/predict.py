@@ -35,12 +35,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from retinaseg.core import stage
 from retinaseg.core.atomic import atomic_path, save_npy
-from retinaseg.core.errors import PipelineError
-from retinaseg.evaluation import anatomy, evaluate
+from retinaseg.core.errors import PipelineError, one_line
+from retinaseg.evaluation import anatomy
 from retinaseg.evaluation.postprocess import Rules, probability
 from retinaseg.evaluation.score import Scoring
-from retinaseg.model.trained import TrainedModel, load_trained
-from retinaseg.prepare.fundus import crop_resize, full_box, image_fundus_box, image_fundus_mask
+from retinaseg.model.trained import TrainedModel, load_trained, predict_batches
+from retinaseg.prepare.fundus import (
+    crop_resize,
+    full_box,
+    image_fundus_box,
+    image_fundus_mask,
+)
 
 #: Lesion colours of the overlay, chosen to stand out on an orange-red retina.
 PALETTE = ((0, 255, 255), (255, 255, 0), (0, 255, 0), (255, 0, 255), (0, 128, 255), (255, 255, 255))
@@ -82,8 +87,8 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.array(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        reason = " ".join(str(error).split())
-        raise PipelineError(f"{path}: unreadable or corrupt image ({reason}); pass a PNG, JPEG or TIFF file") from None
+        raise PipelineError(f"{path}: unreadable or corrupt image ({one_line(error)}); "
+                            "pass a PNG, JPEG or TIFF file") from None
 
 
 def check_inputs(paths: list[Path], save_probabilities: bool = False) -> None:
@@ -125,7 +130,7 @@ def predict_image(trained: TrainedModel, image: np.ndarray, rules: Rules, crop: 
     height, width = image.shape[:2]
     box = image_fundus_box(image) if crop else full_box(image)
     resized = crop_resize(image, box, trained.image_size)
-    probabilities = evaluate.predict(trained.model, resized[None])[0]
+    probabilities = predict_batches(trained.model, resized[None])[0]
     fov = image_fundus_mask(resized)
     disc = anatomy.optic_disc_mask(resized, fov) if rules.drop_on_optic_disc else None
     planes = rules.apply(probabilities, fov, disc)
@@ -158,7 +163,7 @@ def _font_size(image_height: int) -> int:
     return max(10, image_height // 40)
 
 
-def overlay(image: np.ndarray, planes: np.ndarray, trained: TrainedModel) -> Image.Image:
+def class_overlay(image: np.ndarray, planes: np.ndarray, trained: TrainedModel) -> Image.Image:
     """The image with each lesion class blended in its colour, above a legend strip."""
     painted = image.astype(np.float32)
     lesions = trained.task.lesion_planes
@@ -183,7 +188,7 @@ def write_outputs(path: Path, image: np.ndarray, prediction: Prediction, trained
     paths = [out_dir / name for name in output_names(path.stem, save_probabilities)]
     save_npy(paths[0], prediction.planes)
     with atomic_path(paths[1]) as tmp:
-        overlay(image, prediction.planes, trained).save(tmp, format="PNG")
+        class_overlay(image, prediction.planes, trained).save(tmp, format="PNG")
     if save_probabilities:
         save_npy(paths[2], prediction.model_input)
         save_npy(paths[3], prediction.probabilities)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from retinaseg.core import layout
-from retinaseg.core.errors import PipelineError
+from retinaseg.core.errors import PipelineError, one_line
 
 _IMAGE_ID = re.compile(r"image(\d{3})")
 _IMAGE_FILE = re.compile(r"image(\d{3})\.png")
@@ -97,7 +97,7 @@ class DiaretDB1:
         try:
             truth = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-            raise PipelineError(f"{path}: unreadable simulated truth ({' '.join(str(err).split())}); "
+            raise PipelineError(f"{path}: unreadable simulated truth ({one_line(err)}); "
                                 f"{_REGENERATE}") from err
         problem = _truth_problem(truth, [self._shape[1], self._shape[0]], self.image_ids())
         if problem:
@@ -172,5 +172,4 @@ def _load(path: Path, modes: tuple[str, ...]) -> np.ndarray:
                 raise PipelineError(f"{path}: image mode {image.mode!r}, expected {' or '.join(modes)}; {_RESTORE}")
             return np.array(image)
     except (OSError, SyntaxError, ValueError) as err:
-        reason = " ".join(str(err).split())
-        raise PipelineError(f"{path}: unreadable, corrupt or truncated image ({reason}); {_RESTORE}") from err
+        raise PipelineError(f"{path}: unreadable, corrupt or truncated image ({one_line(err)}); {_RESTORE}") from err

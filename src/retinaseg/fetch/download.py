@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from retinaseg.core import layout
 from retinaseg.core.atomic import DiskFull, atomic_path, disk_full_reason
-from retinaseg.core.errors import PipelineError
+from retinaseg.core.errors import PipelineError, one_line
 from retinaseg.core.params import SOURCE_KEYWORDS, DataParams
 from retinaseg.fetch.dataset import DiaretDB1
 from retinaseg.fetch.synthetic.generator import generate
@@ -108,10 +108,10 @@ def download(
             failure = err
         if attempt < retries:
             delay = 2 ** (attempt - 1)
-            logger.warning("download of %s failed (%s); retry in %d s", url, _oneline(failure), delay)
+            logger.warning("download of %s failed (%s); retry in %d s", url, one_line(failure), delay)
             time.sleep(delay)
     else:
-        raise PipelineError(_failed(url, _oneline(failure))) from failure
+        raise PipelineError(_failed(url, one_line(failure))) from failure
     _verify(url, part, sha256=sha256, size=size)
     part.replace(dest)
 
@@ -152,11 +152,11 @@ def extract_zip(zip_path: Path, target_dir: Path) -> None:
                 _unpack(zip_path, archive, members, tmp)
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise PipelineError(
-            f"{zip_path}: corrupt or truncated zip ({_oneline(err)}); delete it and download it again, or {_BY_HAND}"
+            f"{zip_path}: corrupt or truncated zip ({one_line(err)}); delete it and download it again, or {_BY_HAND}"
         ) from err
     except NotImplementedError as err:
         raise PipelineError(
-            f"{zip_path}: {_oneline(err)}; extract it with another tool and set data.source to the extracted folder"
+            f"{zip_path}: {one_line(err)}; extract it with another tool and set data.source to the extracted folder"
         ) from err
 
 
@@ -356,7 +356,3 @@ def _unsafe(member: zipfile.ZipInfo) -> str | None:
 
 def _failed(url: str, reason: str) -> str:
     return f"could not download {url} ({reason}); {_BY_HAND}"
-
-
-def _oneline(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__

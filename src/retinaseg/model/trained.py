@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retinaseg.core.errors import PipelineError
+import numpy as np
+
+from retinaseg.core.errors import PipelineError, one_line
 from retinaseg.core.tasks import Task
 from retinaseg.tracking import mlflow_runs
 
@@ -30,12 +32,12 @@ class TrainedModel:
     task: Task
     image_size: int
     crop_to_fundus: bool
-    source: str
+    location: str
 
     def require(self, key: str) -> Any:
         """A run.json entry that the caller cannot do without."""
         if key not in self.run:
-            raise PipelineError(f"{self.source}: its run.json has no {key!r}; retrain it with `dvc repro`")
+            raise PipelineError(f"{self.location}: its run.json has no {key!r}; retrain it with `dvc repro`")
         return self.run[key]
 
 
@@ -72,7 +74,8 @@ def _load_keras(path: Path):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises ValueError, OSError, zipfile errors and more for bad files
-        raise PipelineError(f"{path}: not a readable Keras model ({first_line(error)}); {_HELP}") from None
+        raise PipelineError(f"{path}: not a readable Keras model ({type(error).__name__}: {one_line(error)}); "
+                            f"{_HELP}") from None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -102,7 +105,7 @@ def _load_mlflow(uri: str) -> tuple[Any, dict[str, Any] | None]:
     try:
         model = mlflow.tensorflow.load_model(uri)
     except (MlflowException, OSError, ValueError) as error:
-        raise PipelineError(f"{uri}: cannot load it from {store} ({first_line(error)}); "
+        raise PipelineError(f"{uri}: cannot load it from {store} ({type(error).__name__}: {one_line(error)}); "
                             "check the run id, model name, version or alias with "
                             f"`mlflow ui --backend-store-uri {store}`") from None
     return model, _mlflow_run_json(uri)
@@ -152,6 +155,7 @@ def _trained(model, run: dict[str, Any] | None, spec: str) -> TrainedModel:
                         settings["crop_to_fundus"], spec)
 
 
-def first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+def predict_batches(model, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Class probabilities for uint8 images (the model scales pixels itself), in batches to bound memory."""
+    return np.concatenate([model.predict(images[start:start + batch_size].astype(np.float32), verbose=0)
+                           for start in range(0, len(images), batch_size)])

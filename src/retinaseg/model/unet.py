@@ -29,7 +29,7 @@ def conv_block(x, filters: int, batch_norm: bool, name: str):
     return x
 
 
-def upsample(x, filters: int, mode: str, name: str):
+def up_block(x, filters: int, mode: str, name: str):
     """Double the resolution: a 2x2 transposed convolution (the tutorial's), or bilinear resizing
     then a 3x3 convolution, which cannot produce the checkerboard artefacts of the former."""
     if mode == "transpose":
@@ -70,7 +70,7 @@ def build_unet(image_size: int, task: Task, params: ModelParams) -> keras.Model:
 
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
-        x = upsample(x, filters, params.upsampling, name=f"up{level}")
+        x = up_block(x, filters, params.upsampling, name=f"up{level}")
         x = layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, batch_norm=False, name=f"up{level}")
 
@@ -84,18 +84,18 @@ def is_encoder_layer(layer) -> bool:
     return layer.name.startswith("down")
 
 
-def transfer_weights(source: keras.Model, target: keras.Model) -> tuple[list[str], list[str]]:
+def transfer_weights(donor: keras.Model, target: keras.Model) -> tuple[list[str], list[str]]:
     """Copy into ``target`` the weights of every same-named layer whose weight shapes match.
 
     Returns (copied, kept) layer names; ``kept`` are the target's weighted layers left as
     initialised, such as an output head with another number of classes.
     """
-    sources = {layer.name: layer for layer in source.layers}
+    donor_layers = {layer.name: layer for layer in donor.layers}
     copied, kept = [], []
     for layer in target.layers:
         if not layer.weights:
             continue
-        match = sources.get(layer.name)
+        match = donor_layers.get(layer.name)
         weights = match.get_weights() if match is not None else []
         if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
             layer.set_weights(weights)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from retinaseg.core.errors import PipelineError
+from retinaseg.core.errors import PipelineError, one_line
 
 EXPERIMENT = "retinal-lesion-segmentation"
 #: Tells MLflow 3's UI that this experiment trains models, so it opens on the runs table (not the GenAI overview).
@@ -49,8 +49,13 @@ def project_root(cwd: Path | None = None) -> Path:
     return cwd
 
 
+def project_store(root: Path | None = None) -> str:
+    """The project's own store, used unless MLFLOW_TRACKING_URI names another."""
+    return f"sqlite:///{project_root(root)}/mlflow.db"
+
+
 def tracking_uri(root: Path | None = None) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(root)}/mlflow.db"
+    return os.environ.get("MLFLOW_TRACKING_URI") or project_store(root)
 
 
 def experiment_name() -> str:
@@ -95,7 +100,7 @@ def setup(root: Path | None = None) -> str:
                     if experiment is None:
                         raise
         except (MlflowException, sqlalchemy.exc.SQLAlchemyError) as error:
-            raise PipelineError(f"MLflow store {uri} cannot be used: {_first_line(error)}") from None
+            raise PipelineError(f"MLflow store {uri} cannot be used: {one_line(error)}") from None
     if experiment.lifecycle_stage == "deleted":
         raise PipelineError(f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted in {uri}; "
                             f"restore it with `mlflow experiments restore --experiment-id {experiment.experiment_id}` "
@@ -135,9 +140,8 @@ def _probe_server(uri: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    default = f"sqlite:///{project_root()}/mlflow.db"
     fix = (f"start the server (e.g. {SERVER_HINT}, then MLFLOW_TRACKING_URI=http://127.0.0.1:5000) "
-           f"or unset MLFLOW_TRACKING_URI to use the project's store {default}")
+           f"or unset MLFLOW_TRACKING_URI to use the project's store {project_store()}")
     endpoint = "/api/2.0/mlflow/experiments/get-by-name"
     try:
         response = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, backoff_factor=0,
@@ -150,16 +154,16 @@ def _probe_server(uri: str) -> None:
     if status in (401, 403):
         raise PipelineError(f"MLflow tracking server {uri} refused access (HTTP {status}); set "
                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), "
-                            f"or unset MLFLOW_TRACKING_URI to use the project's store {default}")
+                            f"or unset MLFLOW_TRACKING_URI to use the project's store {project_store()}")
     try:
         body = json.loads(response.text)
     except ValueError:
         body = None
     if status >= 500:
         message = body.get("message") if isinstance(body, dict) else None
-        detail = f": {_first_line(message, limit=160)}" if message else ""
+        detail = f": {one_line(message, limit=160)}" if message else ""
         raise PipelineError(f"MLflow tracking server {uri} failed (HTTP {status}{detail}); see the server's log, "
-                            f"or unset MLFLOW_TRACKING_URI to use the project's store {default}")
+                            f"or unset MLFLOW_TRACKING_URI to use the project's store {project_store()}")
     mlflow_answer = isinstance(body, dict) and ((status == 200 and "experiment" in body) or (
         status == 404 and body.get("error_code") == "RESOURCE_DOES_NOT_EXIST"))
     if not mlflow_answer:
@@ -185,17 +189,11 @@ def _connection_reason(error: BaseException) -> str:
     if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolutionError" in text:
         return "unknown host"
     if any(isinstance(e, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)) for e in chain):
-        return "TLS error: " + _first_line(chain[-1], limit=160)
+        return "TLS error: " + one_line(chain[-1], limit=160)
     timeouts = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
     if any(isinstance(e, timeouts) for e in chain):
         return f"no answer within {PROBE_TIMEOUT} s"
-    return _first_line(chain[-1], limit=160)
-
-
-def _first_line(value: Any, limit: int = 300) -> str:
-    lines = str(value).strip().splitlines()
-    line = lines[0].strip() if lines else type(value).__name__
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return one_line(chain[-1], limit=160)
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -310,7 +308,7 @@ def read_run(path: Path) -> dict[str, Any]:
             raise ValueError("no run_id")
     except (OSError, ValueError, AttributeError) as error:
         raise PipelineError(f"{path}: no readable MLflow run of a training ({type(error).__name__}: "
-                            f"{_first_line(error)}); rerun the training with `dvc repro --force <its train stage>`"
+                            f"{one_line(error)}); rerun the training with `dvc repro --force <its train stage>`"
                             ) from None
     return run
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from retinaseg.core.errors import PipelineError
+from retinaseg.core.errors import PipelineError, one_line
 from retinaseg.core.params import TrainParams
 
 TF_CONFIG = "TF_CONFIG"
@@ -59,8 +59,8 @@ def cluster_task(environ: Mapping[str, str]) -> tuple[str, int, dict[str, list[s
     if not (isinstance(cluster, dict) and cluster and set(cluster) <= {"chief", "worker"}
             and all(_addresses(hosts) for hosts in cluster.values())
             and len(cluster.get("chief", [])) <= 1 and isinstance(task, dict)):
-        raise PipelineError(f"{TF_CONFIG} = {_clipped(text)} is not a cluster of chief/worker host:port lists and "
-                            f"a task; write it as {TF_CONFIG_EXAMPLE}")
+        raise PipelineError(f"{TF_CONFIG} = {one_line(text, limit=80)} is not a cluster of chief/worker "
+                            f"host:port lists and a task; write it as {TF_CONFIG_EXAMPLE}")
     task_type, index = task.get("type"), task.get("index")
     if task_type not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
         raise PipelineError(f"{TF_CONFIG}: task {json.dumps(task)} is not in its cluster; set task.type to one of "
@@ -82,7 +82,7 @@ def strategy(params: TrainParams) -> tf.distribute.Strategy:
         return _strategy(params.distribute, params.cpu_devices)
     except RuntimeError as error:  # "... must be configured at program startup"
         raise PipelineError(f"train.distribute = {params.distribute}: TensorFlow was started before the strategy "
-                            f"could set it up ({' '.join(str(error).split())}); start training in a fresh process, "
+                            f"could set it up ({one_line(error)}); start training in a fresh process, "
                             "e.g. python stages/train.py <task>") from None
 
 
@@ -180,9 +180,3 @@ def resumes(mode: str) -> bool:
 
 def _addresses(hosts: Any) -> bool:
     return isinstance(hosts, list) and bool(hosts) and all(isinstance(host, str) and ":" in host for host in hosts)
-
-
-def _clipped(text: str, limit: int = 80) -> str:
-    """TF_CONFIG as an error shows it: on one line, and short."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else f"{text[:limit]}..."

@@ -46,13 +46,18 @@ class Outputs:
     which DVC deletes before a rerun).
 
     ``model_dir`` holds what depends only on the inputs (model.keras, run.json), so DVC gives the same
-    model the same hash in every clone; ``metrics_dir`` what differs on every run: the epoch curve, the
-    deciding figures (``summary``) and the MLflow run (``mlflow_runs.RUN_FILE``).
+    model the same hash in every clone on one kind of CPU; ``metrics_dir`` what differs on every run: the
+    epoch curve, the deciding figures (``summary``) and the MLflow run (``mlflow_runs.RUN_FILE``).
     """
 
     model_dir: Path
     metrics_dir: Path
     progress_dir: Path
+
+    @classmethod
+    def of(cls, variant: str) -> Outputs:
+        """The pipeline's folders of one model: models/, metrics/train/ and checkpoints/ ``<variant>``."""
+        return cls(Path("models") / variant, Path("metrics/train") / variant, Path("checkpoints") / variant)
 
     @property
     def curve_path(self) -> Path:
@@ -199,13 +204,13 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
     data = load_training_data(task, prepared_dir, augmented_dir, train_params)
     weights = _class_weights(data, train_params)
     precision, strategy = _start_tensorflow(train_params, data)
-    model, source, frozen_epochs = _model(task, data, model_params, strategy, init_from, freeze_encoder_epochs)
+    model, init, frozen_epochs = _model(task, data, model_params, strategy, init_from, freeze_encoder_epochs)
     if not chief:
         return _train_in_step(model, task, train_params, data, frozen_epochs, weights)
     import mlflow
 
     with resume.exclusive(outputs.progress_dir, f"model {variant}"), PoliteStop() as stop:
-        progress, state = _progress(outputs.progress_dir, logged_params, variant, source, prepared_dir,
+        progress, state = _progress(outputs.progress_dir, logged_params, variant, init, prepared_dir,
                                     augmented_dir, distribute.resumes(train_params.distribute))
         print(f"train {variant}: {model.name}, {model.count_params():,} parameters, {precision}, "
               f"{len(data.train_x)} training rows from {data.train_images} images, {len(data.val_x)} validation "
@@ -213,10 +218,10 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
         monitor = "val_dice" if len(data.val_ids) else "dice"
         epochs = list(state["history"]) if state else []
         try:
-            with (_start_run(experiment_id, variant, _tags(task, variant, source), state) as run,
+            with (_start_run(experiment_id, variant, _tags(task, variant, init), state) as run,
                   atomic_path(outputs.model_dir, is_dir=True) as out, atomic_path(outputs.metrics_dir, is_dir=True) as
                   records):
-                mlflow_runs.log_params({**logged_params, **_run_params(variant, task, model, data, weights, source),
+                mlflow_runs.log_params({**logged_params, **_run_params(variant, task, model, data, weights, init),
                                      "mixed_precision_used": precision, "train.distribute": train_params.distribute,
                                      "replicas": distribute.replicas(strategy)})
                 _log_datasets(data, prepared_dir, augmented_dir)
@@ -227,13 +232,13 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
                            done=state["epoch"] if state else 0)
                 seconds = time.perf_counter() - started
                 progress.hand_over(out / "model.keras", records / outputs.curve_path.name)
-                described = {"variant": variant, **_described(task, data, model, prepared_dir, source, frozen_epochs,
+                described = {"variant": variant, **_described(task, data, model, prepared_dir, init, frozen_epochs,
                                                                precision), **_best_epoch(epochs, monitor)}
                 _log_results(described, seconds, monitor, out / "model.keras", data.train_x[:1],
                              unfreeze=bool(frozen_epochs))
                 make_reproducible(out / "model.keras")
                 write_json(out / "run.json", described)
-                linked = _write_records(records, outputs, run.info.run_id, experiment_id, source,
+                linked = _write_records(records, outputs, run.info.run_id, experiment_id, init,
                                         summary.training_figures(variant, monitor, described[f"best_{monitor}"], seconds))
                 mlflow.log_artifact(str(out / "run.json"))
         except StopRequested as stopped:
@@ -244,12 +249,12 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
     return {**described, **linked, "train_seconds": round(seconds, 1)}
 
 
-def _described(task: Task, data: TrainingData, model, prepared_dir: Path, source: dict[str, Any] | None,
+def _described(task: Task, data: TrainingData, model, prepared_dir: Path, init: dict[str, Any] | None,
                frozen_epochs: int, precision: str) -> dict[str, Any]:
     """What run.json says of the model and its data: classes, image size and crop (all predict needs), origin."""
     return {"task": task.name, "classes": task.plane_names, "val_ids": data.val_ids.tolist(),
             "image_size": data.train_x.shape[1], "crop_to_fundus": _crop_to_fundus(prepared_dir),
-            "init_from": source["task"] if source else "scratch",
+            "init_from": init["task"] if init else "scratch",
             "frozen_encoder_epochs": frozen_epochs, "mixed_precision": precision, "parameters": model.count_params()}
 
 
@@ -266,10 +271,10 @@ def _log_datasets(data: TrainingData, prepared_dir: Path, augmented_dir: Path) -
         mlflow_runs.log_dataset("validation", (prepared_dir / "train").as_posix(), data.val_x, data.val_y)
 
 
-def _write_records(records: Path, outputs: Outputs, run_id: str, experiment_id: str, source: dict[str, Any] | None,
+def _write_records(records: Path, outputs: Outputs, run_id: str, experiment_id: str, init: dict[str, Any] | None,
                    figures: dict[str, Any]) -> dict[str, Any]:
     """Beside the curve in ``records`` (``outputs.metrics_dir`` being written): the MLflow run and the figures."""
-    linked = {"run_id": run_id, "experiment_id": experiment_id, "init_from_run_id": source["run_id"] if source else None}
+    linked = {"run_id": run_id, "experiment_id": experiment_id, "init_from_run_id": init["run_id"] if init else None}
     write_json(records / outputs.run_path.name, linked)
     write_json(records / outputs.figures_path.name, figures)
     return linked
@@ -302,8 +307,8 @@ def _model(task: Task, data: TrainingData, model_params: ModelParams, strategy: 
     with strategy.scope():
         model = build_unet(data.train_x.shape[1], task, model_params)
     distribute.enable_multi_worker_fit(model, strategy)
-    source = _initialise(model, init_from) if init_from else None
-    return model, source, freeze_encoder_epochs if source else 0
+    init = _initialise(model, init_from) if init_from else None
+    return model, init, freeze_encoder_epochs if init else 0
 
 
 def _class_weights(data: TrainingData, params: TrainParams) -> list[float] | None:
@@ -314,15 +319,15 @@ def _class_weights(data: TrainingData, params: TrainParams) -> list[float] | Non
 
 
 def _run_params(variant: str, task: Task, model, data: TrainingData, weights: list[float] | None,
-                source: dict[str, Any] | None) -> dict[str, Any]:
+                init: dict[str, Any] | None) -> dict[str, Any]:
     """What the run decided beyond params.yaml: model size, validation images, weights, starting point."""
     return {"num_classes": task.num_planes, "parameters": model.count_params(), "val_ids": data.val_ids.tolist(),
-            "class_weights": weights, "variant": variant, "init_from": source["task"] if source else "scratch",
-            "init_copied_layers": len(source["copied"]) if source else 0,
-            "init_new_layers": source["kept"] if source else []}
+            "class_weights": weights, "variant": variant, "init_from": init["task"] if init else "scratch",
+            "init_copied_layers": len(init["copied"]) if init else 0,
+            "init_new_layers": init["kept"] if init else []}
 
 
-def _progress(folder: Path, logged_params: dict[str, Any], variant: str, source: dict[str, Any] | None,
+def _progress(folder: Path, logged_params: dict[str, Any], variant: str, init: dict[str, Any] | None,
               prepared_dir: Path, augmented_dir: Path, resumable: bool) -> tuple[Progress, dict[str, Any] | None]:
     """The resumable state of this run, if a killed run with the same inputs left one.
 
@@ -330,7 +335,7 @@ def _progress(folder: Path, logged_params: dict[str, Any], variant: str, source:
     so is that of a state that cannot be resumed (``resumable`` false), which is discarded.
     """
     progress = Progress(folder, resume.signature(
-        logged_params, variant, source["run_id"] if source else None,
+        logged_params, variant, init["run_id"] if init else None,
         resume.file_signature(prepared_dir / "manifest.json"), resume.file_signature(augmented_dir / "images.npy")))
     found = progress.load()
     if found.damage:
@@ -391,10 +396,10 @@ def _callbacks(progress: Progress, monitor: str, run_id: str, epochs: list[dict[
             SaveProgress(progress, run_id, epochs), stop]
 
 
-def _tags(task: Task, variant: str, source: dict[str, Any] | None) -> dict[str, str]:
+def _tags(task: Task, variant: str, init: dict[str, Any] | None) -> dict[str, str]:
     tags = {**mlflow_runs.run_tags(task.name), "variant": variant}
-    if source:
-        tags.update({"init_from_run_id": source["run_id"], "init_from_task": source["task"]})
+    if init:
+        tags.update({"init_from_run_id": init["run_id"], "init_from_task": init["task"]})
     return tags
 
 
@@ -446,16 +451,16 @@ def model_requirements() -> list[str]:
 
 
 def _initialise(model, init_from: Outputs) -> dict[str, Any]:
-    """Load the source model's weights into ``model``; return its run and what was copied."""
+    """Load the trained model's weights into ``model``; return its run and what was copied."""
     init_dir = init_from.model_dir
     if not (init_dir / "model.keras").is_file():
         raise PipelineError(f"{init_dir / 'model.keras'}: missing; the transfer starts from it, run "
                             f"`dvc repro train@{init_dir.name}` first")
-    source = load_trained(init_dir)
-    copied, kept = transfer_weights(source.model, model)
+    donor = load_trained(init_dir)
+    copied, kept = transfer_weights(donor.model, model)
     if not copied:
         raise PipelineError(f"{init_dir}: no layer has the shape of the new model's; train both with the "
                             "same model.depth and model.base_filters")
     print(f"init from {init_dir}: {len(copied)} layers copied, new: {', '.join(kept)}")
-    return {"run_id": mlflow_runs.read_run(init_from.run_path)["run_id"], "task": source.require("task"),
+    return {"run_id": mlflow_runs.read_run(init_from.run_path)["run_id"], "task": donor.require("task"),
             "copied": copied, "kept": kept}

@@ -137,6 +137,6 @@ def blend(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
     image += alpha[:, :, None] * (colour.astype(np.float32) - image)
 
 
-def upsample(field: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_field(field: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Smoothly resize a small float field to ``size`` (width, height)."""
     return np.asarray(Image.fromarray(field).resize(size, Image.Resampling.BICUBIC))

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from retinaseg.core import layout
-from retinaseg.fetch.synthetic.drawing import Canvas, Disc, blend, paint_disc, place_disc, upsample, vessels, window
+from retinaseg.fetch.synthetic.drawing import (
+    Canvas,
+    Disc,
+    blend,
+    paint_disc,
+    place_disc,
+    resize_field,
+    vessels,
+    window,
+)
 
 _ANNOTATORS = 4
 _MARK_PROBABILITY = 0.85
@@ -89,9 +98,9 @@ def sample(canvas: Canvas, rng: np.random.Generator) -> tuple[np.ndarray, dict[s
 
 def _background(canvas: Canvas, rng: np.random.Generator, disc: Disc) -> np.ndarray:
     """Orange-red fundus, darker towards the rim and at the macula, with low-frequency texture."""
-    coarse = upsample(rng.standard_normal((6, 8)).astype(np.float32), (32, 24))
+    coarse = resize_field(rng.standard_normal((6, 8)).astype(np.float32), (32, 24))
     texture = 0.07 * coarse + 0.03 * rng.standard_normal((24, 32)).astype(np.float32)
-    luminance = (1 - 0.5 * canvas.rho**2.2) * (1 + upsample(texture, (canvas.width, canvas.height)))
+    luminance = (1 - 0.5 * canvas.rho**2.2) * (1 + resize_field(texture, (canvas.width, canvas.height)))
     colour = np.array([rng.uniform(190, 225), rng.uniform(78, 105), rng.uniform(30, 52)], dtype=np.float32)
     image = luminance[:, :, None] * colour
     macula = (canvas.cx - disc.side * canvas.radius * 0.04, canvas.cy + canvas.radius * rng.uniform(-0.05, 0.05))

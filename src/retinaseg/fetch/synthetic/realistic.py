@@ -18,7 +18,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from retinaseg.core import layout
-from retinaseg.fetch.synthetic.drawing import Canvas, Disc, blend, paint_disc, place_disc, upsample, vessels, window
+from retinaseg.fetch.synthetic.drawing import (
+    Canvas,
+    Disc,
+    blend,
+    paint_disc,
+    place_disc,
+    resize_field,
+    vessels,
+    window,
+)
 
 
 @dataclass(frozen=True)
@@ -178,7 +187,7 @@ def _noise(canvas: Canvas, rng: np.random.Generator, cells: int) -> np.ndarray:
     """Smooth unit noise with about ``cells`` blobs across the image height, at the canvas size."""
     rows = max(min(cells, canvas.height // 2), 2)
     cols = max(round(rows * canvas.width / canvas.height), 2)
-    return upsample(rng.standard_normal((rows, cols)).astype(np.float32), (canvas.width, canvas.height))
+    return resize_field(rng.standard_normal((rows, cols)).astype(np.float32), (canvas.width, canvas.height))
 
 
 def _place(canvas: Canvas, rng: np.random.Generator, kind: _Kind, disc: Disc) -> _Lesions:
