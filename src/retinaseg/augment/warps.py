@@ -87,17 +87,17 @@ def augment(images: np.ndarray, masks: np.ndarray, params: AugmentParams,
         soft_out = np.empty((len(images_out), *soft.shape[1:]), np.uint8)
         soft_out[:count] = soft
     for row in range(count, len(images_out)):
-        source = row % count
+        original = row % count
         matrix = random_affine(rng, height, width, rotation_deg=params.rotation_deg, shift=params.shift,
                                zoom=params.zoom, shear_deg=params.shear_deg,
                                horizontal_flip=params.horizontal_flip, vertical_flip=params.vertical_flip)
         offset = rng.uniform(-params.brightness, params.brightness) * 255
         factor = rng.uniform(1 - params.contrast, 1 + params.contrast)
-        warped = _warp_image(images[source], matrix)
+        warped = _warp_image(images[original], matrix)
         images_out[row] = _photometric(warped, offset, factor)
-        masks_out[row] = _warp_masks(masks[source], matrix)
+        masks_out[row] = _warp_masks(masks[original], matrix)
         if soft is not None:
-            soft_out[row] = np.clip(np.rint(_warp_image(soft[source], matrix)), 0, 255)
+            soft_out[row] = np.clip(np.rint(_warp_image(soft[original], matrix)), 0, 255)
     source_index = np.tile(np.arange(count, dtype=np.int32), copies + 1)
     return images_out, masks_out, source_index, soft_out
 
@@ -108,16 +108,16 @@ def augment_training_set(prepared_dir: Path, out_dir: Path, params: AugmentParam
     The binary masks and the soft confidence planes of every task are transformed with
     their image (one warp each), so all tasks and targets train on the same pictures.
     """
-    source = load_set(prepared_dir / "train")
+    prepared = load_set(prepared_dir / "train")
     soft = load_set(prepared_dir / "train", target="confidence")
-    tasks = [name for name in source if name not in ("images", "ids")]
-    planes = np.cumsum([source[task].shape[-1] for task in tasks])[:-1]
+    tasks = [name for name in prepared if name not in ("images", "ids")]
+    planes = np.cumsum([prepared[task].shape[-1] for task in tasks])[:-1]
     images, stacked, rows, soft_stacked = augment(
-        source["images"], np.concatenate([source[t] for t in tasks], axis=-1), params,
+        prepared["images"], np.concatenate([prepared[t] for t in tasks], axis=-1), params,
         soft=np.concatenate([soft[t] for t in tasks], axis=-1))
     with atomic_path(out_dir, is_dir=True) as tmp:
         np.save(tmp / "images.npy", images)
-        np.save(tmp / "ids.npy", source["ids"][rows])
+        np.save(tmp / "ids.npy", prepared["ids"][rows])
         for task, task_masks, task_soft in zip(tasks, np.split(stacked, planes, axis=-1),
                                                np.split(soft_stacked, planes, axis=-1)):
             np.save(tmp / f"masks_{task}.npy", task_masks)

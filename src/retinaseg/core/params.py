@@ -324,7 +324,7 @@ BLOCKS = tuple(Params.model_fields)
 
 def load(path: Path = PARAMS_FILE) -> Params:
     """Read and validate the whole params file."""
-    return validate(read(path), source=path)
+    return validate(read(path), path=path)
 
 
 def read(path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -342,12 +342,12 @@ def read(path: Path = PARAMS_FILE) -> dict[str, Any]:
     return params
 
 
-def validate(params: dict[str, Any], source: Path = PARAMS_FILE) -> Params:
+def validate(params: dict[str, Any], path: Path = PARAMS_FILE) -> Params:
     """The typed params; raise PipelineError naming the first bad block, key or combination."""
     try:
         return Params.model_validate(params)
     except ValidationError as error:
-        raise PipelineError(f"{source}: {_describe(error.errors()[0], params)}") from None
+        raise PipelineError(f"{path}: {_describe(error.errors()[0], params)}") from None
 
 
 def _describe(error: dict[str, Any], params: dict[str, Any]) -> str:

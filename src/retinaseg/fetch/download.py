@@ -322,8 +322,8 @@ def _unpack(zip_path: Path, archive: zipfile.ZipFile, members: list[zipfile.ZipI
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(member) as source, open(path, "wb") as target:
-            while chunk := source.read(_CHUNK):
+        with archive.open(member) as packed, open(path, "wb") as target:
+            while chunk := packed.read(_CHUNK):
                 written += len(chunk)
                 if written > MAX_UNPACKED_BYTES:
                     raise PipelineError(
