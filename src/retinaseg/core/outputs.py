@@ -143,13 +143,12 @@ class EvalRecord(OutputFile):
 
     @model_validator(mode="after")
     def _classes_match(self) -> Self:
-        """Thresholds and scores for exactly the lesion classes, none named like a key of the file."""
-        classes = set(self.lesion_classes)
-        clashes = classes & set(self.reserved_keys())
+        """Thresholds and scores for exactly the lesion classes, in their order, none named like a key of the file."""
+        clashes = set(self.lesion_classes) & set(self.reserved_keys())
         if clashes:
             raise PydanticCustomError("rule", f"lesion class '{min(clashes)}' is named like a key of the file")
         for what, given in (("thresholds", self.thresholds), ("scores", self.by_class)):
-            if set(given) != classes:
+            if list(given) != self.lesion_classes:
                 raise PydanticCustomError("rule", f"{what} for {', '.join(given) or 'no class'} but lesion_classes "
                                                   f"{', '.join(self.lesion_classes) or 'empty'}")
         return self
