@@ -65,7 +65,7 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     predicted area at most ``max_area_ratio`` times the core's, with
     ``f_beta`` the best pixel F-beta (``threshold_beta``).
     """
-    task, variant = trained.task, trained.run.get("variant", trained.source)
+    task, variant = trained.task, trained.run.variant or trained.source
     if params.threshold != "auto":
         return [float(params.threshold)] * len(task.lesion_names), "params"
     val_ids = trained.require("val_ids")
