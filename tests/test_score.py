@@ -7,9 +7,10 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
-from helpers import CORE_THRESHOLD, generate_and_prepare, one_line_error
+from helpers import CORE_THRESHOLD, eval_record, generate_and_prepare, one_line_error
 
 from retinaseg.core.arrays import load_set
+from retinaseg.core.outputs import EvalRecord
 from retinaseg.core.tasks import Task
 from retinaseg.evaluation.score import (
     Scoring,
@@ -94,6 +95,44 @@ def test_scoring_a_folder_equals_scoring_the_arrays_in_memory(prepared, tmp_path
     micro = from_files[0].by_class[task.lesion_names[0]]["core"]["micro"]
     assert micro["tp"] > 0 and micro["fp"] > 0  # the noise makes errors to count
     assert from_files[0].thresholds == scoring.thresholds and from_files[0].drop_on_optic_disc is True
+
+
+#: The keys of eval.json before the lesion classes, each under its name, then the aggregates.
+EVAL_JSON_HEAD = ("variant", "task", "thresholds", "threshold_source", "operating_point", "target_fp_per_image",
+                  "max_area_ratio", "threshold_beta", "min_component_px", "drop_on_optic_disc", "pr_thresholds",
+                  "core_threshold", "n_images", "lesion_classes", "froc_rule")
+
+
+def assert_round_trip(path, task):
+    """``path``, an eval.json as scoring writes it, keeps its layout and reads into its model and back byte for byte."""
+    text = path.read_text()
+    assert list(json.loads(text)) == [*EVAL_JSON_HEAD, *task.lesion_names, "macro", "micro", "per_image"]
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+    EvalRecord.read(path).write(path.with_name("again.json"))
+    assert path.with_name("again.json").read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_an_eval_json_reads_into_its_model_and_writes_back_byte_for_byte(prepared, tmp_path, name):
+    task = TASKS[name]
+    folder = write(tmp_path / "predictions", prepared, noisy(prepared, task))
+    scoring = replace(RULES, thresholds={lesion: RULES.thresholds.get(lesion, 0.5) for lesion in task.lesion_names})
+    summary, _, _ = score_folder(prepared, folder, task, scoring, name)
+    summary.write(tmp_path / "eval.json")  # as evaluation._write_outputs writes it
+    assert_round_trip(tmp_path / "eval.json", task)
+    result = run_cli("--reference", prepared, "--predictions", folder, "--task", name, "--threshold", 0.5,
+                     "--out", tmp_path / "cli" / "eval.json")
+    assert result.returncode == 0, result.stderr
+    assert_round_trip(tmp_path / "cli" / "eval.json", task)
+
+
+def test_rules_from_a_missing_or_other_eval_json_are_one_line_errors(tmp_path):
+    path = tmp_path / "eval.json"
+    one_line_error(lambda: Scoring.from_eval_json(path, ["red"]), f"{path}: missing", "dvc repro evaluate@")
+    eval_record(thresholds={"hemorrhages": 0.5}).write(path)
+    one_line_error(lambda: Scoring.from_eval_json(path, ["red", "bright"]), str(path), "of the classes hemorrhages, "
+                   "not red, bright", "of the same task")
+    assert Scoring.from_eval_json(path, ["hemorrhages"]).thresholds == {"hemorrhages": 0.5}
 
 
 def test_predictions_are_written_and_read_back_per_image(prepared, tmp_path):
@@ -211,6 +250,9 @@ def test_with_the_simulated_truth_each_class_is_also_scored_against_the_drawn_le
     summary, _, _ = score_folder(realistic, nothing, task, scoring, "none")
     assert summary.by_class["hemorrhages"]["truth"]["froc"]["cpm"] == 0.0
     assert summary.by_class["hemorrhages"]["truth"]["lesion"]["lesion_sensitivity"] == 0.0
+    summary.write(tmp_path / "eval.json")  # with the truth's figures and the nulls of scores never defined
+    assert "null" in (tmp_path / "eval.json").read_text()
+    assert_round_trip(tmp_path / "eval.json", task)
 
 
 def test_without_a_truth_file_nothing_is_scored_against_it(prepared, tmp_path):

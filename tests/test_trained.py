@@ -76,6 +76,11 @@ def test_a_corrupt_run_json_is_one_line_naming_it(saved, tmp_path):
     one_line_error(lambda: load_trained(folder), str(folder / "run.json"), "not valid JSON")
 
 
+def test_a_mistyped_run_json_is_one_line_naming_it(saved, tmp_path):
+    folder = with_run_json(saved, tmp_path, {**RUN, "image_size": "32"})
+    one_line_error(lambda: load_trained(folder), str(folder / "run.json"), "image_size = '32'", "dvc repro train@")
+
+
 def test_without_run_json_the_settings_are_read_from_the_model_and_noted(saved, tmp_path, capsys):
     folder = with_run_json(saved, tmp_path, None)
     trained = load_trained(folder)
