@@ -60,10 +60,12 @@ def test_an_invalid_eval_json_is_one_line_naming_the_file_the_key_and_the_fix(wr
 
 
 @pytest.mark.parametrize("text, says", [(None, "missing"), ("{not json", "not valid JSON"),
-                                        ("[]", "expected an object of keys")])
+                                        ("[]", "expected an object of keys"), ("folder", "unreadable")])
 def test_a_missing_or_unparsable_file_is_one_line_naming_it_and_the_fix(tmp_path, text, says):
     path = tmp_path / "eval.json"
-    if text is not None:
+    if text == "folder":
+        path.mkdir()
+    elif text is not None:
         path.write_text(text)
     one_line_error(lambda: EvalRecord.read(path), f"{path}: ", says, EVAL_FIX)
     one_line_error(lambda: RunRecord.read(path), f"{path}: ", says, RUN_FIX)

@@ -35,7 +35,9 @@ class OutputFile(BaseModel):
             written = json.loads(path.read_text())
         except FileNotFoundError:
             raise PipelineError(f"{path}: missing; {cls.FIX}") from None
-        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+        except OSError as error:
+            raise PipelineError(f"{path}: unreadable ({error.strerror or error}); {cls.FIX}") from None
+        except ValueError as error:  # not JSON, or not UTF-8
             raise PipelineError(f"{path}: not valid JSON ({error}); {cls.FIX}") from None
         return cls.parse(written, path)
 
@@ -58,6 +60,7 @@ class OutputFile(BaseModel):
         return self.model_dump(exclude_unset=True)
 
     def write(self, path: str | Path) -> None:
+        """All or nothing (``write_json``): a stage that fails leaves the earlier file for DVC to see."""
         write_json(path, self.as_written())
 
 
