@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from retinaseg.core.arrays import TARGET_SCALE, load_set
+from retinaseg.core.outputs import EvalRecord
 from retinaseg.evaluation import score, truth
 
 #: The labels scored as predictions: name -> (confidence planes, core planes) -> lesion-plane probabilities.
@@ -70,11 +71,10 @@ def perfect_detector(simulated: dict, ids: list[int], lesion_types: list[str], r
     return planes.reshape(len(ids), size, size, 1)
 
 
-def _frocs(summary: dict, lesion_names: list[str]) -> dict[str, dict]:
-    return {name: {"core": summary[name]["core"]["froc"],
-                   "outside_marks": summary[name]["core"]["froc_outside_marks"],
-                   **({"truth": summary[name]["truth"]["froc"]} if "truth" in summary[name] else {})}
-            for name in lesion_names}
+def _frocs(summary: EvalRecord) -> dict[str, dict]:
+    return {name: {"core": scores["core"]["froc"], "outside_marks": scores["core"]["froc_outside_marks"],
+                   **({"truth": scores["truth"]["froc"]} if "truth" in scores else {})}
+            for name, scores in summary.by_class.items()}
 
 
 def ceilings(reference_dir: Path, task_name: str, scoring: score.Scoring) -> dict[str, dict[str, dict]]:
@@ -89,14 +89,14 @@ def ceilings(reference_dir: Path, task_name: str, scoring: score.Scoring) -> dic
     for label, planes_of in LABELS.items():
         probabilities = as_probabilities(planes_of(confidence, core), task.is_multiclass)
         summary, _, _ = score.score(reference, probabilities, task, scoring, label, core_threshold, simulated)
-        results[label] = _frocs(summary, task.lesion_names)
+        results[label] = _frocs(summary)
     if simulated is None or task.is_multiclass:
         return results
     ids, name = reference["ids"].tolist(), task.lesion_names[0]
     for label, rank in RANKS.items():
         planes = perfect_detector(simulated, ids, task.classes[name], rank)
         summary, _, _ = score.score(reference, planes, task, scoring, label, core_threshold, simulated)
-        results[label] = _frocs(summary, task.lesion_names)
+        results[label] = _frocs(summary)
     return results
 
 

@@ -13,14 +13,14 @@ def main(argv: list[str]) -> None:
                             run_path=Path("metrics/train") / variant / mlflow_runs.RUN_FILE,
                             predictions_dir=Path("data/predictions") / variant, out_dir=Path("metrics/eval") / variant,
                             params=params.load().evaluate)
-    for name in summary["lesion_classes"]:
-        core = summary[name]["core"]
+    for name, scores in summary.by_class.items():
+        core = scores["core"]
         print(f"evaluate {variant} {name} against the core: CPM {core['froc']['cpm']:.3f} "
               f"(sensitivity {core['froc']['sensitivity_at_1_fp']:.3f} at 1 FP/image), Dice {core['micro']['f1']:.3f}, "
               f"lesions found {core['lesion']['lesion_sensitivity']:.3f}, "
               f"FP components/image {core['lesion']['fp_components_per_image']:.2f}, "
               f"predicted {100 * core['predicted_fov_share']:.2f} % of the field of view "
-              f"(core {100 * core['reference_fov_share']:.2f} %) on {summary['n_images']} test images")
+              f"(core {100 * core['reference_fov_share']:.2f} %) on {summary.n_images} test images")
 
 
 if __name__ == "__main__":

@@ -28,3 +28,16 @@ def generate_and_prepare(root, *, num_images, size, style, image_size, train_ids
     params = PrepareParams(threshold=0.1, core_threshold=CORE_THRESHOLD, image_size=image_size, crop_to_fundus=True,
                            train_ids=train_ids)
     return prepare_dataset(root / "raw", root / "prepared", tasks=tasks, params=params, workers=1)
+
+
+def eval_record(variant="binary", thresholds=None, n_images=2, **by_class):
+    """An eval.json model with the given class scores (``by_class``) and placeholder rules and aggregates."""
+    from retinaseg.core.outputs import EvalRecord
+
+    thresholds = thresholds if thresholds is not None else dict.fromkeys(by_class, 0.5)
+    by_class = by_class or {name: {} for name in thresholds}
+    return EvalRecord(variant=variant, task=variant, thresholds=thresholds, threshold_source="validation",
+                      operating_point="fp_per_image", target_fp_per_image=1.0, max_area_ratio=2.0, threshold_beta=1.0,
+                      min_component_px=1, drop_on_optic_disc=False, pr_thresholds=101, core_threshold=CORE_THRESHOLD,
+                      n_images=n_images, lesion_classes=list(by_class), froc_rule="", by_class=by_class, macro={},
+                      micro={}, per_image=[])

@@ -50,7 +50,7 @@ def test_rows_read_the_eval_json_that_scoring_writes(tmp_path):
     task = Task("binary", {"hemorrhages": ("hemorrhages",)})
     summary, _, _ = score(reference, probabilities, task, Scoring({"hemorrhages": 0.35}, "params", "fixed", None, None, 1.0, 1, False, 11),
                           "binary", 0.75)
-    write_json(tmp_path / "metrics" / "binary" / "eval.json", summary)
+    summary.write(tmp_path / "metrics" / "binary" / "eval.json")
     write_json(tmp_path / "models" / "binary" / "run.json",
                {"task": "binary", "epochs": 3, "parameters": 1000, "mixed_precision": "float32"})
     write_json(tmp_path / "train" / "binary" / "train.json", {"binary": {"best_val_dice": 0.5, "train_s": 12.0}})

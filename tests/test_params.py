@@ -489,9 +489,10 @@ def test_a_class_name_must_not_clash_with_an_eval_json_key(defaults, name):
 
 
 def test_the_reserved_class_names_are_the_keys_eval_json_writes():
-    """Score a tiny random task and compare the summary's own keys with the names params.py reserves."""
+    """Score a tiny random task and compare the summary's own keys with the names the eval.json model reserves."""
     import numpy as np
 
+    from retinaseg.core.outputs import EvalRecord
     from retinaseg.evaluation.score import Scoring, score
     task = Task("multiclass", {"red": ("hemorrhages",), "bright": ("hardexudates",)})
     rng = np.random.default_rng(0)
@@ -501,4 +502,5 @@ def test_the_reserved_class_names_are_the_keys_eval_json_writes():
                  f"core_{task.name}": rng.random(shape) > 0.9}
     scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, None, 1.0, 1, False, 11)
     summary, _, _ = score(reference, rng.random(shape).astype(np.float32), task, scoring, "v", 0.75)
-    assert set(summary) - set(task.lesion_names) == set(params.EVAL_KEYS) == set(EVAL_JSON_KEYS)
+    own_keys = set(summary.as_written()) - set(task.lesion_names)
+    assert own_keys == set(EvalRecord.reserved_keys()) == set(EVAL_JSON_KEYS)

@@ -12,7 +12,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from helpers import one_line_error
+from helpers import eval_record, one_line_error
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
@@ -169,11 +169,8 @@ def test_binary_model_thresholds_its_single_plane(models, fundus, tmp_path, thre
 
 
 def write_eval_json(path, thresholds, min_component_px=1, drop_on_optic_disc=False):
-    path.write_text(json.dumps({"thresholds": thresholds, "threshold_source": "validation",
-                                "operating_point": "fp_per_image", "target_fp_per_image": 1.0, "max_area_ratio": 2.0,
-                                "threshold_beta": 1.0,
-                                "min_component_px": min_component_px, "drop_on_optic_disc": drop_on_optic_disc,
-                                "pr_thresholds": 101}))
+    eval_record(thresholds=thresholds).model_copy(update={"min_component_px": min_component_px,
+                                                          "drop_on_optic_disc": drop_on_optic_disc}).write(path)
     return path
 
 

@@ -7,10 +7,10 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
-from helpers import CORE_THRESHOLD, generate_and_prepare, one_line_error
+from helpers import CORE_THRESHOLD, eval_record, generate_and_prepare, one_line_error
 
 from retinaseg.core.arrays import load_set
-from retinaseg.core.atomic import write_json
+from retinaseg.core.outputs import EvalRecord
 from retinaseg.core.tasks import Task
 from retinaseg.evaluation.score import (
     Scoring,
@@ -65,14 +65,14 @@ def test_perfect_predictions_score_core_dice_1_without_false_positives(prepared,
     scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, None, 1.0, 1, False, 101)
     summary, curves, predicted = score_folder(prepared, folder, task, scoring, name)
     np.testing.assert_array_equal(predicted[..., task.lesion_planes], core[..., task.lesion_planes].astype(bool))
-    assert summary["variant"] == name and summary["core_threshold"] == CORE_THRESHOLD and summary["n_images"] == 3
+    assert summary.variant == name and summary.core_threshold == CORE_THRESHOLD and summary.n_images == 3
     for lesion in task.lesion_names:
-        at_core = summary[lesion]["core"]
+        at_core = summary.by_class[lesion]["core"]
         assert at_core["micro"]["f1"] == 1.0 and at_core["micro"]["fp"] == 0 and at_core["micro"]["fn"] == 0
         assert at_core["micro"]["tp"] > 0 and at_core["area_ratio"] == 1.0
         assert at_core["lesion"]["lesion_sensitivity"] == 1.0 and at_core["lesion"]["n_fp_components"] == 0
         assert at_core["pr"]["auc_pr"] == 1.0 and at_core["pr"]["best_f1"]["f1"] == 1.0
-        assert all(entry[lesion]["core"]["fp"] == 0 for entry in summary["per_image"])
+        assert all(entry[lesion]["core"]["fp"] == 0 for entry in summary.per_image)
         assert curves.pr[lesion][-1] == {"threshold": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
         # Perfect probabilities find every core lesion at every threshold without a false alarm: CPM 1.
         assert at_core["froc"]["cpm"] == 1.0 and at_core["froc"]["sensitivity_at_fp"]["1/8"] == 1.0
@@ -89,12 +89,50 @@ def test_scoring_a_folder_equals_scoring_the_arrays_in_memory(prepared, tmp_path
     scoring = replace(RULES, thresholds={lesion: RULES.thresholds.get(lesion, 0.5) for lesion in task.lesion_names})
     from_files = score_folder(prepared, folder, task, scoring, name)
     in_memory = score(reference(prepared, task), probabilities, task, scoring, name, CORE_THRESHOLD)
-    assert json.dumps(from_files[0]) == json.dumps(in_memory[0])  # NaN-safe comparison
+    assert json.dumps(from_files[0].as_written()) == json.dumps(in_memory[0].as_written())  # NaN-safe comparison
     assert json.dumps(asdict(from_files[1])) == json.dumps(asdict(in_memory[1]))
     np.testing.assert_array_equal(from_files[2], in_memory[2])
-    micro = from_files[0][task.lesion_names[0]]["core"]["micro"]
+    micro = from_files[0].by_class[task.lesion_names[0]]["core"]["micro"]
     assert micro["tp"] > 0 and micro["fp"] > 0  # the noise makes errors to count
-    assert from_files[0]["thresholds"] == scoring.thresholds and from_files[0]["drop_on_optic_disc"] is True
+    assert from_files[0].thresholds == scoring.thresholds and from_files[0].drop_on_optic_disc is True
+
+
+#: The keys of eval.json before the lesion classes, each under its name, then the aggregates.
+EVAL_JSON_HEAD = ("variant", "task", "thresholds", "threshold_source", "operating_point", "target_fp_per_image",
+                  "max_area_ratio", "threshold_beta", "min_component_px", "drop_on_optic_disc", "pr_thresholds",
+                  "core_threshold", "n_images", "lesion_classes", "froc_rule")
+
+
+def assert_round_trip(path, task):
+    """``path``, an eval.json as scoring writes it, keeps its layout and reads into its model and back byte for byte."""
+    text = path.read_text()
+    assert list(json.loads(text)) == [*EVAL_JSON_HEAD, *task.lesion_names, "macro", "micro", "per_image"]
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
+    EvalRecord.read(path).write(path.with_name("again.json"))
+    assert path.with_name("again.json").read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_an_eval_json_reads_into_its_model_and_writes_back_byte_for_byte(prepared, tmp_path, name):
+    task = TASKS[name]
+    folder = write(tmp_path / "predictions", prepared, noisy(prepared, task))
+    scoring = replace(RULES, thresholds={lesion: RULES.thresholds.get(lesion, 0.5) for lesion in task.lesion_names})
+    summary, _, _ = score_folder(prepared, folder, task, scoring, name)
+    summary.write(tmp_path / "eval.json")  # as evaluation._write_outputs writes it
+    assert_round_trip(tmp_path / "eval.json", task)
+    result = run_cli("--reference", prepared, "--predictions", folder, "--task", name, "--threshold", 0.5,
+                     "--out", tmp_path / "cli" / "eval.json")
+    assert result.returncode == 0, result.stderr
+    assert_round_trip(tmp_path / "cli" / "eval.json", task)
+
+
+def test_rules_from_a_missing_or_other_eval_json_are_one_line_errors(tmp_path):
+    path = tmp_path / "eval.json"
+    one_line_error(lambda: Scoring.from_eval_json(path, ["red"]), f"{path}: missing", "dvc repro evaluate@")
+    eval_record(thresholds={"hemorrhages": 0.5}).write(path)
+    one_line_error(lambda: Scoring.from_eval_json(path, ["red", "bright"]), str(path), "of the classes hemorrhages, "
+                   "not red, bright", "of the same task")
+    assert Scoring.from_eval_json(path, ["hemorrhages"]).thresholds == {"hemorrhages": 0.5}
 
 
 def test_predictions_are_written_and_read_back_per_image(prepared, tmp_path):
@@ -140,12 +178,12 @@ def test_command_writes_the_same_eval_json_as_the_evaluate_stage(prepared, tmp_p
     task = TASKS["multiclass"]
     folder = write(tmp_path / "multiclass", prepared, noisy(prepared, task))
     summary, _, _ = score_folder(prepared, folder, task, RULES, "multiclass")
-    write_json(tmp_path / "eval.json", summary)  # as evaluation._write_outputs writes it
+    summary.write(tmp_path / "eval.json")  # as evaluation._write_outputs writes it
     result = run_cli("--reference", prepared, "--predictions", folder, "--task", "multiclass",
                      "--rules", tmp_path / "eval.json", "--out", tmp_path / "scored" / "eval.json")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "scored" / "eval.json").read_bytes() == (tmp_path / "eval.json").read_bytes()
-    assert f"red: Dice against the core {summary['red']['core']['micro']['f1']:.3f}" in result.stdout
+    assert f"red: Dice against the core {summary.by_class['red']['core']['micro']['f1']:.3f}" in result.stdout
     assert f"wrote {tmp_path / 'scored' / 'eval.json'}" in result.stdout
 
 
@@ -160,7 +198,7 @@ def test_command_with_a_threshold_scores_every_class_at_it(prepared, tmp_path):
     expected, _, _ = score(reference(prepared, task), probabilities, task,
                            Scoring({"hemorrhages": 0.7}, "argument", "fixed", None, None, 1.0, 1, False, 101), "mine", CORE_THRESHOLD)
     assert written["variant"] == "mine" and written["threshold_source"] == "argument"
-    assert written == json.loads(json.dumps(expected).replace("NaN", "null"))
+    assert written == json.loads(json.dumps(expected.as_written()).replace("NaN", "null"))
 
 
 @pytest.mark.parametrize("problem", ["missing file", "wrong shape", "unknown task"])
@@ -199,8 +237,8 @@ def test_with_the_simulated_truth_each_class_is_also_scored_against_the_drawn_le
     folder = write_predictions(tmp_path / "all", [3, 4], everywhere) or tmp_path / "all"
     scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, None, 1.0, 1, False, 11)
     summary, curves, _ = score_folder(realistic, folder, Task("binary", {"hemorrhages": ()}), scoring, "all")
-    json.dumps(summary, allow_nan=True)  # what eval.json gets: plain Python numbers only
-    at_truth = summary["hemorrhages"]["truth"]
+    json.dumps(summary.as_written(), allow_nan=True)  # what eval.json gets: plain Python numbers only
+    at_truth = summary.by_class["hemorrhages"]["truth"]
     assert at_truth["lesion"]["n_reference_lesions"] == haemorrhages > 0
     # One component per image, painted over the whole field of view, finds one drawn lesion per image.
     with_lesions = sum(any(lesion["type"] == "hemorrhages" for lesion in lesions) for lesions in drawn["images"].values())
@@ -210,8 +248,11 @@ def test_with_the_simulated_truth_each_class_is_also_scored_against_the_drawn_le
     assert curves.froc_truth["hemorrhages"][0]["predicted_fov_share"] == 1.0
     nothing = write_predictions(tmp_path / "none", [3, 4], np.zeros_like(everywhere)) or tmp_path / "none"
     summary, _, _ = score_folder(realistic, nothing, task, scoring, "none")
-    assert summary["hemorrhages"]["truth"]["froc"]["cpm"] == 0.0
-    assert summary["hemorrhages"]["truth"]["lesion"]["lesion_sensitivity"] == 0.0
+    assert summary.by_class["hemorrhages"]["truth"]["froc"]["cpm"] == 0.0
+    assert summary.by_class["hemorrhages"]["truth"]["lesion"]["lesion_sensitivity"] == 0.0
+    summary.write(tmp_path / "eval.json")  # with the truth's figures and the nulls of scores never defined
+    assert "null" in (tmp_path / "eval.json").read_text()
+    assert_round_trip(tmp_path / "eval.json", task)
 
 
 def test_without_a_truth_file_nothing_is_scored_against_it(prepared, tmp_path):
@@ -219,4 +260,4 @@ def test_without_a_truth_file_nothing_is_scored_against_it(prepared, tmp_path):
     folder = write(tmp_path / "p", prepared, noisy(prepared, task))
     summary, curves, _ = score_folder(prepared, folder, task,
                                       Scoring({"hemorrhages": 0.5}, "params", "fixed", None, None, 1.0, 1, False, 11), "p")
-    assert "truth" not in summary["hemorrhages"] and curves.froc_truth == {}
+    assert "truth" not in summary.by_class["hemorrhages"] and curves.froc_truth == {}

@@ -44,7 +44,7 @@ def test_a_model_folder_gives_the_model_with_its_run_json(saved, tmp_path, capsy
     assert trained.task == Task.from_planes("multiclass", RUN["classes"])
     assert trained.task.plane_names == RUN["classes"] and trained.task.is_multiclass
     assert (trained.image_size, trained.crop_to_fundus, trained.location) == (32, False, str(folder))
-    assert trained.run == RUN and trained.require("run_id") == RUN["run_id"]
+    assert trained.run.as_written() == RUN and trained.require("run_id") == RUN["run_id"]
     np.testing.assert_allclose(trained.model.predict(saved[1], verbose=0), saved[2], atol=1e-6)
     assert "note:" not in capsys.readouterr().out
 
@@ -52,7 +52,7 @@ def test_a_model_folder_gives_the_model_with_its_run_json(saved, tmp_path, capsy
 def test_a_model_file_reads_the_run_json_beside_it(saved, tmp_path):
     folder = with_run_json(saved, tmp_path, RUN)
     trained = load_trained(str(folder / "model.keras"))
-    assert trained.run == RUN and trained.location == str(folder / "model.keras")
+    assert trained.run.as_written() == RUN and trained.location == str(folder / "model.keras")
     one_line_error(lambda: trained.require("val_ids"), str(folder / "model.keras"), "'val_ids'", "dvc repro")
 
 
@@ -76,11 +76,16 @@ def test_a_corrupt_run_json_is_one_line_naming_it(saved, tmp_path):
     one_line_error(lambda: load_trained(folder), str(folder / "run.json"), "not valid JSON")
 
 
+def test_a_mistyped_run_json_is_one_line_naming_it(saved, tmp_path):
+    folder = with_run_json(saved, tmp_path, {**RUN, "image_size": "32"})
+    one_line_error(lambda: load_trained(folder), str(folder / "run.json"), "image_size = '32'", "dvc repro train@")
+
+
 def test_without_run_json_the_settings_are_read_from_the_model_and_noted(saved, tmp_path, capsys):
     folder = with_run_json(saved, tmp_path, None)
     trained = load_trained(folder)
     assert trained.task.plane_names == ["background", "class1", "class2"] and trained.task.kind == "multiclass"
-    assert (trained.image_size, trained.crop_to_fundus, trained.run) == (32, True, {})
+    assert (trained.image_size, trained.crop_to_fundus, trained.run.as_written()) == (32, True, {})
     out = capsys.readouterr().out
     assert out.startswith(f"note: no run.json found for {folder}; ") and out.count("\n") == 1
     assert "classes=['background', 'class1', 'class2']" in out and "image_size=32" in out
@@ -123,7 +128,8 @@ def test_mlflow_runs_uri_loads_the_logged_model_and_its_run_json(saved, tmp_path
         mlflow.log_artifact(str(folder / "run.json"))
     uri = f"runs:/{run.info.run_id}/model"
     trained = load_trained(uri)
-    assert trained.location == uri and trained.run == RUN and trained.task.lesion_names == ["red", "bright"]
+    assert trained.location == uri and trained.run.as_written() == RUN
+    assert trained.task.lesion_names == ["red", "bright"]
     np.testing.assert_allclose(trained.model.predict(saved[1], verbose=0), saved[2], atol=1e-6)
     assert "note:" not in capsys.readouterr().out
     one_line_error(lambda: load_trained("runs:/0123456789abcdef0123456789abcdef/model"),
@@ -145,7 +151,7 @@ def test_a_registered_model_carries_what_predict_needs_without_a_run_json(saved,
                                     pip_requirements=[], metadata=settings)
     registry.register(run.info.run_id, "multiclass", "multiclass", 0.5)
     trained = load_trained("models:/retinaseg-multiclass@champion")
-    assert trained.run == settings and trained.task.lesion_names == ["red", "bright"]
+    assert trained.run.as_written() == settings and trained.task.lesion_names == ["red", "bright"]
     assert "note:" not in capsys.readouterr().out, "nothing had to be guessed"
 
 
@@ -165,7 +171,7 @@ def test_a_registry_alias_loads_the_champion_and_its_run_json(saved, tmp_path, m
     assert str(champion.version) == str(version.version) == "1"
     for uri in ("models:/retinaseg-multiclass@champion", "models:/retinaseg-multiclass/1"):
         trained = load_trained(uri)
-        assert trained.location == uri and trained.run == RUN
+        assert trained.location == uri and trained.run.as_written() == RUN
         np.testing.assert_allclose(trained.model.predict(saved[1], verbose=0), saved[2], atol=1e-6)
     one_line_error(lambda: load_trained("models:/retinaseg-multiclass@nope"), "models:/retinaseg-multiclass@nope",
                    "cannot load it from", "alias")

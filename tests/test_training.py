@@ -11,6 +11,7 @@ from helpers import one_line_error
 from retinaseg.augment.warps import augment_training_set
 from retinaseg.core import params
 from retinaseg.core.errors import PipelineError
+from retinaseg.core.outputs import RunRecord
 from retinaseg.core.params import AugmentParams, ModelParams, PrepareParams, TrainParams
 from retinaseg.core.tasks import Task
 from retinaseg.fetch.synthetic.generator import generate
@@ -210,6 +211,22 @@ def test_confidence_target_trains_on_soft_planes(arrays, tmp_path, monkeypatch):
     assert 0 <= targets.min() and targets.max() <= 1
     assert np.any((targets > 0) & (targets < 1)), "soft values between none and full agreement"
     assert summary["epochs"] == 1 and (tmp_path / "models" / "soft" / "model.keras").exists()
+
+
+@pytest.mark.usefixtures("mlflow_store")
+@pytest.mark.parametrize("val_fraction, monitor", [(0.25, "val_dice"), (0.0, "dice")])
+def test_run_json_reads_into_its_model_and_writes_back_byte_for_byte(arrays, tmp_path, val_fraction, monitor):
+    trained = fit.train_task(BINARY, outputs=outputs(tmp_path, "binary"), **inputs(arrays),
+                             train_params=TRAIN.model_copy(update={"val_fraction": val_fraction}))
+    path = tmp_path / "models" / "binary" / "run.json"
+    assert list(json.loads(path.read_text())) == [
+        "variant", "task", "classes", "val_ids", "image_size", "crop_to_fundus", "init_from", "frozen_encoder_epochs",
+        "mixed_precision", "parameters", "epochs", "best_epoch", f"best_{monitor}"]
+    run = RunRecord.read(path)
+    assert (run.variant, run.classes, run.image_size, run.init_from) == ("binary", ["hemorrhages"], 16, "scratch")
+    assert run.val_ids == trained["val_ids"] and run.best_epoch == 1 and len(run.val_ids) == (val_fraction > 0)
+    run.write(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == path.read_bytes()
 
 
 def bright_spots(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from retinaseg.core.outputs import EvalRecord, RunRecord
 from retinaseg.tracking import summary
 
 #: The tutorial's binary (haemorrhage) test result on real DIARETDB1 images 28-89,
@@ -53,13 +54,13 @@ def comparison_rows(eval_dir: Path, train_dir: Path, models_dir: Path, variants:
     """One row per variant and lesion class: scores against the core and the target, lesion level, cost."""
     rows = []
     for variant in variants:
-        evaluation = json.loads((eval_dir / variant / "eval.json").read_text())
-        run = json.loads((models_dir / variant / "run.json").read_text())
+        evaluation = EvalRecord.read(eval_dir / variant / "eval.json")
+        run = RunRecord.read(models_dir / variant / "run.json")
         trained = json.loads((train_dir / variant / "train.json").read_text())[summary.model_key(variant)]
-        for name in evaluation["lesion_classes"]:
-            scores, core = evaluation[name], evaluation[name]["core"]
-            rows.append({"variant": variant, "task": run["task"], "init_from": run.get("init_from", "scratch"),
-                         "class": name, "threshold": evaluation["thresholds"][name],
+        for name, scores in evaluation.by_class.items():
+            core = scores["core"]
+            rows.append({"variant": variant, "task": run.task, "init_from": run.init_from or "scratch",
+                         "class": name, "threshold": evaluation.thresholds[name],
                          "target_f1": scores["micro"]["f1"],
                          **{f"{s}_per_image": scores["per_image_mean_zero_filled"][s] for s in SCORES},
                          **{f"core_{s}": core["micro"][s] for s in SCORES},
@@ -67,8 +68,8 @@ def comparison_rows(eval_dir: Path, train_dir: Path, models_dir: Path, variants:
                          "predicted_fov_share": core["predicted_fov_share"],
                          "reference_fov_share": core["reference_fov_share"], "core_auc_pr": core["pr"]["auc_pr"],
                          **_detection("core", core), **_detection("truth", scores.get("truth")),
-                         "train_seconds": trained["train_s"], "epochs": run["epochs"],
-                         "parameters": run["parameters"], "mixed_precision": run["mixed_precision"]})
+                         "train_seconds": trained["train_s"], "epochs": run.epochs,
+                         "parameters": run.parameters, "mixed_precision": run.mixed_precision})
     return sorted(rows, key=lambda row: -_rank(row["core_cpm"]))
 
 

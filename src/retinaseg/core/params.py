@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from retinaseg.core.errors import PipelineError
 from retinaseg.core.layout import LESION_TYPES, NUM_IMAGES
+from retinaseg.core.outputs import EvalRecord
 from retinaseg.core.tasks import Task
 
 PARAMS_FILE = Path("params.yaml")
@@ -35,11 +36,6 @@ LOSSES = ("dice", "bce", "dice_bce", "weighted_bce", "cce", "weighted_cce")
 MULTICLASS_LOSSES = ("cce", "weighted_cce")
 #: Task and class names become file and stage names (masks_<task>.npy, pr_curves/<class>.json, train@<task>).
 SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
-#: Top-level keys of eval.json, where each lesion class's scores sit beside them under the class name.
-EVAL_KEYS = ("macro", "micro", "per_image", "task", "variant", "thresholds", "threshold_source", "threshold_beta",
-             "operating_point", "target_fp_per_image", "max_area_ratio", "froc_rule",
-             "min_component_px", "drop_on_optic_disc", "pr_thresholds", "core_threshold", "n_images",
-             "lesion_classes")
 #: The numeric floats of ruamel's YAML 1.2 resolver, which DVC reads params with. YAML 1.1 reads some of them
 #: as text: those without a dot (1e-4, 1E+3), with an unsigned exponent (1.0e4) or a signed leading dot (-.5).
 YAML12_FLOAT = re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -311,7 +307,7 @@ def _check_class(task: str, name: Any, lesions: Any) -> None:
     if name == "background":
         raise PydanticCustomError("rule", f"{key} is reserved; the background plane is added automatically")
     _check_name(key, name, "a class name names files (pr_curves/<class>.json)")
-    if name in EVAL_KEYS:
+    if name in EvalRecord.reserved_keys():
         raise PydanticCustomError("rule", f"{key}: eval.json writes each class's scores under its name beside "
                                           f"its own key '{name}', so choose another class name")
     if not isinstance(lesions, list) or not lesions or any(lesion not in LESION_TYPES for lesion in lesions):

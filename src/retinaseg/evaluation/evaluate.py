@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from retinaseg.core.arrays import load_set
 from retinaseg.core.atomic import atomic_path, write_json
+from retinaseg.core.outputs import EvalRecord
 from retinaseg.core.params import EvaluateParams
 from retinaseg.core.tasks import Task
 from retinaseg.evaluation import anatomy, froc, postprocess, registry
@@ -59,7 +60,7 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     predicted area at most ``max_area_ratio`` times the core's, with
     ``f_beta`` the best pixel F-beta (``threshold_beta``).
     """
-    task, variant = trained.task, trained.run.get("variant", trained.location)
+    task, variant = trained.task, trained.run.variant or trained.location
     if params.threshold != "auto":
         return [float(params.threshold)] * len(task.lesion_names), "params"
     val_ids = trained.require("val_ids")
@@ -90,7 +91,7 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
 
 
 def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, run_path: Path, predictions_dir: Path,
-                  out_dir: Path, params: EvaluateParams) -> dict[str, Any]:
+                  out_dir: Path, params: EvaluateParams) -> EvalRecord:
     """Predict the test split into ``predictions_dir``, score that folder, draw and log to the training run.
 
     Predictions are thresholded per class (``evaluate.threshold``), limited to the field of
@@ -115,10 +116,10 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, run_path
     return summary
 
 
-def _write_outputs(out_dir: Path, summary: dict, curves: Curves, images: np.ndarray, reference: np.ndarray,
+def _write_outputs(out_dir: Path, summary: EvalRecord, curves: Curves, images: np.ndarray, reference: np.ndarray,
                    predicted: np.ndarray, task: Task, variant: str) -> None:
     """PR and FROC curves, overlays of ``images`` (the first test images, against the core) and eval.json, each atomic."""
-    ids = [entry["id"] for entry in summary["per_image"]]
+    ids = [entry["id"] for entry in summary.per_image]
     with atomic_path(out_dir / "pr_curves", is_dir=True) as tmp:
         for name, rows in curves.pr.items():
             write_json(tmp / f"{name}.json", rows)
@@ -132,11 +133,11 @@ def _write_outputs(out_dir: Path, summary: dict, curves: Curves, images: np.ndar
             picture = error_overlay(images[row], reference[row], predicted[row], task,
                               title=f"{variant} image{ids[row]:03d} vs core")
             picture.save(tmp / f"image{ids[row]:03d}.png")
-    write_json(out_dir / "eval.json", summary)
+    summary.write(out_dir / "eval.json")
     write_json(out_dir / "summary.json", evaluation_figures(summary))
 
 
-def _log(run_id: str, out_dir: Path, summary: dict, params: EvaluateParams, task: Task, variant: str,
+def _log(run_id: str, out_dir: Path, summary: EvalRecord, params: EvaluateParams, task: Task, variant: str,
          test_dir: Path, test: dict[str, np.ndarray]) -> None:
     """Log the test set, metrics and files to the training run, then register its model (``registry``)."""
     import mlflow
@@ -150,18 +151,17 @@ def _log(run_id: str, out_dir: Path, summary: dict, params: EvaluateParams, task
         mlflow.log_artifacts(str(out_dir / "pr_curves"), artifact_path="evaluation/pr_curves")
         mlflow.log_artifacts(str(out_dir / "froc"), artifact_path="evaluation/froc")
         mlflow.log_artifacts(str(out_dir / "overlays"), artifact_path="evaluation/overlays")
-    score = registry.champion_score(metrics, summary["lesion_classes"])
+    score = registry.champion_score(metrics, summary.lesion_classes)
     version, champion = registry.register(run_id, task.name, variant, score)
     scored = "no score" if score is None else f"mean core Dice {score:.3f}"
     print(f"evaluate {variant}: registered as {registry.model_name(task.name)} version {version.version} ({scored}); "
           f"{registry.CHAMPION}: version {champion.version if champion else 'none'}")
 
 
-def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
+def flat_test_metrics(summary: EvalRecord) -> dict[str, float]:
     """Flat ``test_<class>_<score>`` metrics for MLflow (``test_<class>_core_<score>`` against the core)."""
     flat = {}
-    for name in summary["lesion_classes"]:
-        scores = summary[name]
+    for name, scores in summary.by_class.items():
         groups = {"test_{name}_{score}": {**scores["micro"], **scores["lesion"]},
                   "test_{name}_{score}_per_image": scores["per_image_mean"],
                   "test_{name}_core_{score}": {**scores["core"]["micro"], **scores["core"]["lesion"],
@@ -177,7 +177,7 @@ def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
             for score, value in values.items():
                 if isinstance(value, float) and not np.isnan(value):
                     flat[pattern.format(name=name, score=score)] = value
-    for score, value in summary["macro"].items():
+    for score, value in summary.macro.items():
         if isinstance(value, float) and not np.isnan(value):
             flat[f"test_macro_{score}"] = value
     return flat

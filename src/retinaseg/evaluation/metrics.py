@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from retinaseg.core.outputs import EvalRecord
+
 SCORE_NAMES = ("precision", "recall", "iou", "f1", "accuracy", "specificity")
 COUNT_NAMES = ("tp", "fp", "fn", "tn")
-#: Top-level keys of ``summarize`` besides the class names.
-SUMMARY_KEYS = ("macro", "micro", "per_image")
 
 
 def confusion_counts(reference: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -111,9 +111,9 @@ def summarize(
     expected = (len(image_ids), len(class_names), len(COUNT_NAMES))
     if counts.shape != expected:
         raise ValueError(f"counts must have shape {expected} (images, planes, 4), got {counts.shape}")
-    clashes = set(SUMMARY_KEYS) & set(class_names)
-    if clashes:
-        raise ValueError(f"class names {sorted(clashes)} clash with summary keys {SUMMARY_KEYS}")
+    clashes = set(EvalRecord.reserved_keys()) & set(class_names)
+    if clashes:  # macro, micro and per_image sit beside the classes here, the rest beside them in eval.json
+        raise ValueError(f"class names {sorted(clashes)} clash with keys of eval.json")
 
     summary: dict = {class_names[plane]: _class_summary(counts[:, plane]) for plane in lesion_planes}
     class_micro = [summary[class_names[plane]]["micro"] for plane in lesion_planes]

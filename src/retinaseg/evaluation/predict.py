@@ -40,12 +40,7 @@ from retinaseg.evaluation import anatomy
 from retinaseg.evaluation.postprocess import Rules, probability
 from retinaseg.evaluation.score import Scoring
 from retinaseg.model.trained import TrainedModel, load_trained, predict_batches
-from retinaseg.prepare.fundus import (
-    crop_resize,
-    full_box,
-    image_fundus_box,
-    image_fundus_mask,
-)
+from retinaseg.prepare.fundus import crop_resize, full_box, image_fundus_box, image_fundus_mask
 
 #: Lesion colours of the overlay, chosen to stand out on an orange-red retina.
 PALETTE = ((0, 255, 255), (255, 255, 0), (0, 255, 0), (255, 0, 255), (0, 128, 255), (255, 255, 255))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,10 @@ import numpy as np
 
 from retinaseg.core import stage
 from retinaseg.core.arrays import load_set
-from retinaseg.core.atomic import atomic_path, save_npy, write_json
+from retinaseg.core.atomic import atomic_path, save_npy
 from retinaseg.core.errors import PipelineError
 from retinaseg.core.layout import image_name
+from retinaseg.core.outputs import EvalRecord
 from retinaseg.core.tasks import Task
 from retinaseg.evaluation import anatomy, bootstrap, froc, metrics, truth
 from retinaseg.evaluation.postprocess import Rules, probability
@@ -53,22 +54,12 @@ class Scoring:
     @classmethod
     def from_eval_json(cls, path: Path, lesion_names: list[str]) -> Scoring:
         """The rules an earlier evaluation of the same classes applied (``metrics/eval/<variant>/eval.json``)."""
-        try:
-            summary = json.loads(path.read_text())
-            return cls({name: float(summary["thresholds"][name]) for name in lesion_names},
-                       str(summary["threshold_source"]), str(summary["operating_point"]),
-                       _optional(summary["target_fp_per_image"]), _optional(summary["max_area_ratio"]),
-                       float(summary["threshold_beta"]),
-                       int(summary["min_component_px"]), bool(summary["drop_on_optic_disc"]),
-                       int(summary["pr_thresholds"]))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise PipelineError(f"{path}: not an eval.json of the classes {', '.join(lesion_names)} "
-                                f"({type(error).__name__}: {error}); pass metrics/eval/<variant>/eval.json "
-                                "of the same task") from None
-
-
-def _optional(value: Any) -> float | None:
-    return None if value is None else float(value)
+        evaluation = EvalRecord.read(path)
+        if not set(lesion_names) <= set(evaluation.lesion_classes):
+            raise PipelineError(f"{path}: an eval.json of the classes {', '.join(evaluation.lesion_classes)}, not "
+                                f"{', '.join(lesion_names)}; pass metrics/eval/<variant>/eval.json of the same task")
+        rules = {field.name: getattr(evaluation, field.name) for field in fields(cls)}
+        return cls(**{**rules, "thresholds": {name: evaluation.thresholds[name] for name in lesion_names}})
 
 
 def prediction_path(folder: Path, image_id: int) -> Path:
@@ -106,7 +97,7 @@ def read_predictions(folder: Path, ids: list[int], shape: tuple[int, ...]) -> np
 
 
 def score_folder(reference_dir: Path, predictions_dir: Path, task: Task, scoring: Scoring,
-                 variant: str) -> tuple[dict[str, Any], Curves, np.ndarray]:
+                 variant: str) -> tuple[EvalRecord, Curves, np.ndarray]:
     """Score a folder of predictions against a prepared set (``data/prepared/test``).
 
     Returns the eval.json summary, the curves of every lesion class (``Curves``) and the
@@ -136,7 +127,7 @@ class Curves:
 
 def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Task, scoring: Scoring,
           variant: str, core_threshold: float,
-          simulated: dict | None = None) -> tuple[dict[str, Any], Curves, np.ndarray]:
+          simulated: dict | None = None) -> tuple[EvalRecord, Curves, np.ndarray]:
     """Score probabilities [N,S,S,C] against a reference set read with ``load_set(..., core=True)``.
 
     With ``marked_<task>`` in the reference (boolean [N,S,S,C]: any annotator's mark), the core's FROC
@@ -151,33 +142,35 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
     target, core = reference[task.name].astype(bool), reference[f"core_{task.name}"].astype(bool)
     marked = reference.get(f"marked_{task.name}")
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(target, predicted)])
-    summary = {"variant": variant, "task": task.name, **asdict(scoring), "core_threshold": core_threshold,
-               "n_images": len(ids), "lesion_classes": task.lesion_names, "froc_rule": froc.RULE,
-               **metrics.summarize(ids, counts, task.plane_names, task.lesion_planes)}
+    pooled = metrics.summarize(ids, counts, task.plane_names, task.lesion_planes)
+    summary = EvalRecord(variant=variant, task=task.name, **asdict(scoring), core_threshold=core_threshold,
+                         n_images=len(ids), lesion_classes=task.lesion_names, froc_rule=froc.RULE,
+                         by_class={name: pooled[name] for name in task.lesion_names}, macro=pooled["macro"],
+                         micro=pooled["micro"], per_image=pooled["per_image"])
     curves = Curves({}, {}, {}, {})
     sweep_discs = discs if scoring.drop_on_optic_disc else [None] * len(ids)
     resamples = bootstrap.weights(len(ids))
     for plane, name in zip(task.lesion_planes, task.lesion_names):
         lesions = [metrics.lesion_counts(ref[..., plane], pred[..., plane], scoring.min_component_px)
                    for ref, pred in zip(target, predicted)]
-        summary[name]["lesion"] = metrics.summarize_lesions(lesions)
-        summary[name]["core"], core_per_image, curves.pr[name] = _score_core(
+        scores = summary.by_class[name]
+        scores["lesion"] = metrics.summarize_lesions(lesions)
+        scores["core"], core_per_image, curves.pr[name] = _score_core(
             probabilities[..., plane], core[..., plane], predicted[..., plane], fov, discs, scoring)
         drawn = ([truth.class_lesions(simulated, image_id, task.classes[name]) for image_id in ids]
                  if simulated is not None and task.classes[name] else None)
         references = detection_references(core[..., plane], None if marked is None else marked[..., plane], drawn,
                                           simulated)
         swept = froc.sweeps(probabilities[..., plane], fov, sweep_discs, scoring.min_component_px, references)
-        _add_detection(summary[name]["core"], swept, core_per_image, resamples)
+        _add_detection(scores["core"], swept, core_per_image, resamples)
         curves.froc[name] = swept["core"].curve()
         if "outside_marks" in swept:
             curves.froc_outside_marks[name] = swept["outside_marks"].curve()
-        for entry, counted, at_core in zip(summary["per_image"], lesions, core_per_image):
+        for entry, counted, at_core in zip(summary.per_image, lesions, core_per_image):
             entry[name]["lesions"] = counted
             entry[name]["core"] = at_core
         if drawn is not None:
-            summary[name]["truth"] = _score_truth(swept["truth"], predicted[..., plane], drawn, references["truth"],
-                                                  resamples)
+            scores["truth"] = _score_truth(swept["truth"], predicted[..., plane], drawn, references["truth"], resamples)
             curves.froc_truth[name] = swept["truth"].curve()
     return summary, curves, predicted
 
@@ -304,10 +297,11 @@ def main(argv: list[str]) -> None:
                        False, 101))
     summary, _, _ = score_folder(args.reference, args.predictions, task, scoring,
                                  args.variant or args.predictions.name)
-    write_json(args.out, summary)
+    summary.write(args.out)
     for name in task.lesion_names:
-        print(f"{name}: Dice against the core {summary[name]['core']['micro']['f1']:.3f}, "
-              f"against the training target {summary[name]['micro']['f1']:.3f}")
+        scores = summary.by_class[name]
+        print(f"{name}: Dice against the core {scores['core']['micro']['f1']:.3f}, "
+              f"against the training target {scores['micro']['f1']:.3f}")
     print(f"wrote {args.out}")
 
 

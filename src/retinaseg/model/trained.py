@@ -6,7 +6,6 @@ missing or unreadable model gives the same one-line error everywhere.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from retinaseg.core.errors import PipelineError, one_line
+from retinaseg.core.outputs import RunRecord
 from retinaseg.core.tasks import Task
 from retinaseg.tracking import mlflow_runs
 
@@ -28,17 +28,18 @@ class TrainedModel:
     """A loaded Keras model, its task and the preprocessing it was trained with."""
 
     model: Any
-    run: dict[str, Any]
+    run: RunRecord
     task: Task
     image_size: int
     crop_to_fundus: bool
     location: str
 
     def require(self, key: str) -> Any:
-        """A run.json entry that the caller cannot do without."""
-        if key not in self.run:
+        """A run.json entry that the caller cannot do without (older run.json files lack some)."""
+        written = self.run.as_written()
+        if key not in written:
             raise PipelineError(f"{self.location}: its run.json has no {key!r}; retrain it with `dvc repro`")
-        return self.run[key]
+        return written[key]
 
 
 def is_mlflow_uri(spec: str) -> bool:
@@ -57,7 +58,7 @@ def load_trained(spec: str | Path) -> TrainedModel:
         model, run = _load_mlflow(spec)
     else:
         model_file = _model_file(Path(spec))
-        model, run = _load_keras(model_file), _read_json(model_file.parent / "run.json")
+        model, run = _load_keras(model_file), _read_run(model_file.parent / "run.json")
     return _trained(model, run, spec)
 
 
@@ -78,16 +79,12 @@ def _load_keras(path: Path):
                             f"{_HELP}") from None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as error:
-        raise PipelineError(f"{path}: not valid JSON ({error}); restore the run.json written by training") from None
+def _read_run(path: Path) -> RunRecord | None:
+    """The run.json at ``path``; None without one, since the settings can then be read from the model."""
+    return RunRecord.read(path) if path.is_file() else None
 
 
-def _load_mlflow(uri: str) -> tuple[Any, dict[str, Any] | None]:
+def _load_mlflow(uri: str) -> tuple[Any, RunRecord | None]:
     """The Keras model behind an MLflow URI, and the run.json of its run if it has one.
 
     The store is only read, so no experiment is created (unlike ``mlflow_runs.setup``), and a
@@ -111,7 +108,7 @@ def _load_mlflow(uri: str) -> tuple[Any, dict[str, Any] | None]:
     return model, _mlflow_run_json(uri)
 
 
-def _mlflow_run_json(uri: str) -> dict[str, Any] | None:
+def _mlflow_run_json(uri: str) -> RunRecord | None:
     """The settings the model was logged with (its metadata), else run.json from the artifact root of the run
     that logged it; None if neither is there.
 
@@ -123,16 +120,16 @@ def _mlflow_run_json(uri: str) -> dict[str, Any] | None:
     try:
         info = mlflow.models.get_model_info(uri)
         if info.metadata and "classes" in info.metadata:
-            return dict(info.metadata)
+            return RunRecord.parse(dict(info.metadata), f"the metadata of {uri}")
         run_id = info.run_id
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run.json", dst_path=tmp)
-            return _read_json(Path(path))
+            return _read_run(Path(path))
     except (MlflowException, OSError, ValueError, TypeError):
         return None
 
 
-def _trained(model, run: dict[str, Any] | None, spec: str) -> TrainedModel:
+def _trained(model, run: RunRecord | None, spec: str) -> TrainedModel:
     """Merge run.json over defaults read from the model, noting what had to be guessed."""
     if "scale_to_unit" not in [layer.name for layer in model.layers[:2]]:
         raise PipelineError(f"{spec}: the model does not scale pixel values itself (trained by an older "
@@ -141,12 +138,13 @@ def _trained(model, run: dict[str, Any] | None, spec: str) -> TrainedModel:
     guess = Task.from_planes("", [f"class{i}" for i in range(1, planes + 1)] if planes == 1
                              else ["background", *(f"class{i}" for i in range(1, planes))])
     defaults = {"task": guess.kind, "classes": guess.plane_names, "image_size": size, "crop_to_fundus": True}
-    run = run or {}
-    guessed = [key for key in defaults if key not in run]
+    run = run or RunRecord()
+    written = run.as_written()
+    guessed = [key for key in defaults if key not in written]
     if guessed:
-        missing = f"the run.json of {spec} lacks {', '.join(guessed)}" if run else f"no run.json found for {spec}"
+        missing = f"the run.json of {spec} lacks {', '.join(guessed)}" if written else f"no run.json found for {spec}"
         print(f"note: {missing}; using " + ", ".join(f"{key}={defaults[key]}" for key in guessed))
-    settings = {**defaults, **{key: run[key] for key in defaults if key in run}}
+    settings = {**defaults, **{key: written[key] for key in defaults if key in written}}
     if len(settings["classes"]) != planes or settings["image_size"] != size:
         raise PipelineError(f"{spec}: run.json says {len(settings['classes'])} classes at "
                             f"{settings['image_size']} px but the model has {planes} planes at {size} px; "

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from retinaseg.core.outputs import EvalRecord
+
 #: The transferred model's variant ends so (``<transfer.task>_transfer``); its key is this word alone.
 TRANSFER_SUFFIX = "_transfer"
 
@@ -27,21 +29,21 @@ def model_key(variant: str) -> str:
     return "transfer" if variant.endswith(TRANSFER_SUFFIX) else variant
 
 
-def evaluation_figures(summary: dict[str, Any]) -> dict[str, Any]:
+def evaluation_figures(summary: EvalRecord) -> dict[str, Any]:
     """The deciding figures of an eval.json summary, under the model's key."""
-    classes = [summary[name]["core"] for name in summary["lesion_classes"]]
+    classes = [scores["core"] for scores in summary.by_class.values()]
     lesions = [core["lesion"] for core in classes]
     references = sum(counts["n_reference_lesions"] for counts in lesions)
     found = sum(counts["n_found_lesions"] for counts in lesions)
     reference_share = sum(core["reference_fov_share"] for core in classes)
     figures = {name: {"cpm": core["froc"]["cpm"], "dice": core["micro"]["f1"]}
-               for name, core in zip(summary["lesion_classes"], classes)}
+               for name, core in zip(summary.by_class, classes)}
     figures.update({
         "found": found / references if references else None,
-        "fp": sum(counts["n_fp_components"] for counts in lesions) / summary["n_images"],
+        "fp": sum(counts["n_fp_components"] for counts in lesions) / summary.n_images,
         "area": sum(core["predicted_fov_share"] for core in classes) / reference_share if reference_share else None,
     })
-    return {model_key(summary["variant"]): figures}
+    return {model_key(summary.variant): figures}
 
 
 def training_figures(variant: str, monitor: str, best: float, seconds: float) -> dict[str, Any]:

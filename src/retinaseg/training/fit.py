@@ -16,6 +16,7 @@ import tensorflow as tf
 from retinaseg.core.arrays import TARGET_SCALE, load_set
 from retinaseg.core.atomic import atomic_path, write_json
 from retinaseg.core.errors import PipelineError, Stopped
+from retinaseg.core.outputs import RunRecord
 from retinaseg.core.params import ModelParams, TrainParams
 from retinaseg.core.tasks import Task
 from retinaseg.model import losses
@@ -237,7 +238,7 @@ def train_task(task: Task, *, prepared_dir: Path, augmented_dir: Path, outputs: 
                 _log_results(described, seconds, monitor, out / "model.keras", data.train_x[:1],
                              unfreeze=bool(frozen_epochs))
                 make_reproducible(out / "model.keras")
-                write_json(out / "run.json", described)
+                RunRecord(**described).write(out / "run.json")
                 linked = _write_records(records, outputs, run.info.run_id, experiment_id, init,
                                         summary.training_figures(variant, monitor, described[f"best_{monitor}"], seconds))
                 mlflow.log_artifact(str(out / "run.json"))

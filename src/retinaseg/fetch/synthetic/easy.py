@@ -12,16 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retinaseg.core import layout
-from retinaseg.fetch.synthetic.drawing import (
-    Canvas,
-    Disc,
-    blend,
-    paint_disc,
-    place_disc,
-    resize_field,
-    vessels,
-    window,
-)
+from retinaseg.fetch.synthetic.drawing import Canvas, Disc, blend, paint_disc, place_disc, resize_field, vessels, window
 
 _ANNOTATORS = 4
 _MARK_PROBABILITY = 0.85

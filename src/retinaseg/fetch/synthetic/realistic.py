@@ -18,16 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from retinaseg.core import layout
-from retinaseg.fetch.synthetic.drawing import (
-    Canvas,
-    Disc,
-    blend,
-    paint_disc,
-    place_disc,
-    resize_field,
-    vessels,
-    window,
-)
+from retinaseg.fetch.synthetic.drawing import Canvas, Disc, blend, paint_disc, place_disc, resize_field, vessels, window
 
 
 @dataclass(frozen=True)
