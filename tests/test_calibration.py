@@ -1,6 +1,6 @@
-"""The realistic synthetic set must match the label statistics and contrast measured on real DIARETDB1.
+"""The realistic synthetic set must match the label statistics, contrast and annotator agreement of real DIARETDB1.
 
-Like the reference, it is measured on 27 training images at full resolution (about 20 s
+Like the reference, it is measured on 27 training images at full resolution (about 45 s
 on two cores). Only the easy-style comparison runs at half size: ``measure`` reports
 areas in full-resolution pixels and scales the ring, so its figures stay comparable.
 """
@@ -62,6 +62,31 @@ def test_contrast_of_marked_regions_is_within_0_3_sd_of_the_real_one(figures: di
     assert abs(measured - real) <= 0.3, f"{region} contrast {measured:.3f} SD, real {real:.3f} SD"
 
 
+#: How far the synthetic agreement figures may lie from the real ones (shares in points of 100 %).
+SHARE_TOLERANCE = 0.08
+
+
+@pytest.mark.parametrize("count", ["1", "2", "3", "4"])
+def test_regions_by_annotator_count_are_shared_as_on_the_real_set(figures: dict, count: str) -> None:
+    measured, real = figures["agreement"]["annotator_share"][count], REAL["agreement"]["annotator_share"][count]
+    assert abs(measured - real) <= SHARE_TOLERANCE, f"{count} annotator(s): {measured:.3f}, real {real:.3f}"
+
+
+def test_annotators_agree_on_what_the_image_shows(figures: dict) -> None:
+    """As on real DIARETDB1: the core is what is dark, with the region's area partialled out too."""
+    agreed = figures["agreement"]
+    assert 0.18 <= agreed["core_share"] <= 0.28, agreed["core_share"]
+    assert agreed["auc_core"] >= 0.80, agreed["auc_core"]
+    assert agreed["spearman_area_partialled"] >= 0.30, agreed["spearman_area_partialled"]
+    medians = [agreed["median_darkness_by_annotators"][count] for count in "1234"]
+    assert medians == sorted(medians), medians
+
+
+def test_one_annotator_regions_are_often_on_nothing_visible(figures: dict) -> None:
+    empty = figures["agreement"]["one_annotator_empty_share"]
+    assert 0.25 <= empty <= 0.50, empty
+
+
 def test_every_image_has_haemorrhages_like_the_real_training_set(figures: dict) -> None:
     assert figures["hemorrhages"]["0.1"]["images_with"] == 1.0
 
@@ -77,7 +102,8 @@ def test_command_line_prints_the_figures_as_json(realistic: Path, capsys: pytest
     calibration.main([str(realistic), "--ids", "1-2,5"])
     printed = json.loads(capsys.readouterr().out)
     assert printed["images"] == 3 and printed["scale"] == 1.0
-    assert set(printed) >= {"hemorrhages", "redsmalldots", "exudates", "red", "contrast"}
+    assert set(printed) >= {"hemorrhages", "redsmalldots", "exudates", "red", "contrast", "agreement"}
+    assert printed["agreement"]["regions"] == sum(printed["agreement"]["level_counts"])
 
 
 def test_ids_accept_ranges_and_lists() -> None:

@@ -30,8 +30,12 @@ class _Kind:
     (or on a ring of that radius with chance ``ring``, as circinate exudates do).
     A share ``flames`` of lesions is elongated along the nerve fibres (away from the disc).
     Each lesion tints the fundus towards ``colour`` by ``opacity``, softened by ``blur``;
-    ``grouping`` multiplies every annotator's grouping distance. ``clinical`` names the
-    lesions in the simulated truth; only haemorrhages have flames, named ``flame_haemorrhage``.
+    ``contrast`` is how far full opacity moves the fundus's green (the channel that shows red
+    lesions and exudates best), which makes a lesion's visibility (see ``visibility``).
+    ``grouping`` multiplies every annotator's grouping distance; each annotator also draws
+    ``lone_marks`` marks per image on average around nothing drawn (a shadow, a reflex, a
+    doubt). ``clinical`` names the lesions in the simulated truth; only haemorrhages have
+    flames, named ``flame_haemorrhage``.
     """
 
     clinical: str
@@ -43,31 +47,34 @@ class _Kind:
     colour: tuple[int, int, int]
     opacity: tuple[float, float]
     blur: float
+    contrast: float
     grouping: float
     flames: float = 0.0
     ring: float = 0.0
+    lone_marks: float = 0.0
 
 
 _KINDS = {
     "hemorrhages": _Kind(
         clinical="dot_blot_haemorrhage",
-        presence=1.0, clusters=(12, 70), per_cluster=(1, 2), spread=(8, 30), radius=(3, 13),
-        colour=(120, 25, 20), opacity=(0.35, 0.6), blur=1.5, grouping=1.0, flames=0.25,
+        presence=1.0, clusters=(22, 120), per_cluster=(1, 5), spread=(20, 70), radius=(3, 13),
+        colour=(120, 25, 20), opacity=(0.05, 0.7), blur=1.5, contrast=0.7, grouping=1.0, flames=0.25,
+        lone_marks=0.6,
     ),
     "redsmalldots": _Kind(
         clinical="microaneurysm",
         presence=0.95, clusters=(20, 100), per_cluster=(1, 4), spread=(5, 150), radius=(1.5, 4),
-        colour=(120, 25, 20), opacity=(0.4, 0.65), blur=0.8, grouping=2.4,
+        colour=(120, 25, 20), opacity=(0.4, 0.65), blur=0.8, contrast=0.7, grouping=3.0,
     ),
     "hardexudates": _Kind(
         clinical="hard_exudate",
         presence=0.75, clusters=(3, 12), per_cluster=(4, 25), spread=(40, 160), radius=(2, 8),
-        colour=(250, 225, 120), opacity=(0.35, 0.7), blur=1.0, grouping=2.0, ring=0.3,
+        colour=(250, 225, 120), opacity=(0.35, 0.7), blur=1.0, contrast=1.7, grouping=2.0, ring=0.3,
     ),
     "softexudates": _Kind(
         clinical="cotton_wool_spot",
         presence=0.6, clusters=(1, 4), per_cluster=(1, 2), spread=(20, 60), radius=(15, 40),
-        colour=(235, 220, 180), opacity=(0.25, 0.45), blur=8.0, grouping=1.5,
+        colour=(235, 220, 180), opacity=(0.25, 0.45), blur=8.0, contrast=1.7, grouping=1.5,
     ),
 }
 #: What the simulated truth calls a haemorrhage drawn as a flame.
@@ -78,34 +85,43 @@ _FLAME = "flame_haemorrhage"
 class _Annotator:
     """One annotator's habits; distances are full-size pixels.
 
-    Lesions closer than ``grouping`` (edge to edge) get one mark. A lesion or group is
-    marked with chance ``notice``, lowered for small ones: a group whose largest lesion
-    has half extent ``noticeable`` is marked 63 % as often (1 - 1/e). The mark is a shape
-    ``widening`` times as wide as a lone lesion (at least ``smallest``), at confidence
-    1, 2 or 3 drawn with chances ``levels``.
+    Lesions closer than ``grouping`` (edge to edge) get one mark. Every annotator sees the
+    same visibility of a group (that of its most visible lesion), blurred by a little noise
+    of its own (sd ``doubt``): the chance to mark it is ``notice`` times a logistic that
+    reaches half at visibility ``seen_at`` (width ``SLOPE``), so faint lesions are marked by
+    few annotators and plain ones by all. A mark is drawn at full confidence (3) with a
+    chance that rises the same way around ``sure_at``, else at 2 (or, one time in six, 1).
+    The mark is a shape ``widening`` times as wide as a lone lesion (at least ``smallest``).
     """
 
     grouping: float
     notice: float
-    noticeable: float
+    seen_at: float
+    sure_at: float
+    doubt: float
     widening: tuple[float, float]
     smallest: float
-    levels: tuple[float, float, float]
 
 
 _ANNOTATORS = (
-    _Annotator(10, 0.95, noticeable=2, widening=(1.8, 2.5), smallest=2, levels=(0.05, 0.25, 0.7)),
-    _Annotator(20, 0.9, noticeable=4, widening=(2.0, 3.0), smallest=8, levels=(0.05, 0.35, 0.6)),
-    _Annotator(30, 0.9, noticeable=6, widening=(2.5, 3.5), smallest=11, levels=(0.15, 0.4, 0.45)),
-    _Annotator(40, 0.85, noticeable=8, widening=(3.0, 4.5), smallest=14, levels=(0.1, 0.35, 0.55)),
+    _Annotator(7, 0.97, seen_at=0.17, sure_at=0.16, doubt=0.04, widening=(1.8, 2.5), smallest=2),
+    _Annotator(14, 0.9, seen_at=0.22, sure_at=0.2, doubt=0.04, widening=(2.0, 3.0), smallest=8),
+    _Annotator(20, 0.9, seen_at=0.27, sure_at=0.26, doubt=0.04, widening=(2.5, 3.5), smallest=11),
+    _Annotator(40, 0.75, seen_at=0.34, sure_at=0.3, doubt=0.04, widening=(2.4, 3.4), smallest=14),
 )
+#: Width of the annotators' logistic in visibility.
+SLOPE = 0.02
+#: Gaussian blur (sd, full-size pixels) of eye and camera that lowers a small lesion's visible contrast.
+_SIGHT_BLUR = 2.0
+#: Half extent (full-size pixels) of the lesion a lone mark pretends to circle.
+_LONE_MARK_SIZE = (3.0, 8.0)
 #: Mark shapes and how often annotators pick them.
 _SHAPES = {"circle": 0.4, "ellipse": 0.35, "polygon": 0.25}
 
 
 @dataclass(frozen=True)
 class _Lesions:
-    """Lesions of one type as parallel arrays (pixels of this canvas): centre, semi-axes, angle, flame or not."""
+    """Lesions of one type as parallel arrays (pixels of this canvas): centre, semi-axes, angle, flame or not, opacity."""
 
     x: np.ndarray
     y: np.ndarray
@@ -113,11 +129,20 @@ class _Lesions:
     minor: np.ndarray
     angle: np.ndarray
     flame: np.ndarray
+    opacity: np.ndarray
 
     def half_extents(self) -> tuple[np.ndarray, np.ndarray]:
         """Half width and half height of each lesion's bounding box."""
         cos, sin = np.cos(self.angle), np.sin(self.angle)
         return np.hypot(self.major * cos, self.minor * sin), np.hypot(self.major * sin, self.minor * cos)
+
+    def visibility(self, kind: _Kind, scale: float) -> np.ndarray:
+        """How plainly each lesion shows: its contrast, lowered where it is narrow next to the blur of sight.
+
+        ``scale`` converts canvas pixels to full-size ones, so a smaller copy sees the same lesions.
+        """
+        narrow = self.minor / scale / _SIGHT_BLUR
+        return self.opacity * kind.contrast * (1 - np.exp(-(narrow**2) / 2))
 
 
 def sample(
@@ -131,17 +156,20 @@ def sample(
     disc = place_disc(canvas, rng)
     reflectance = _fundus(canvas, rng, disc)
     maps, truth = {}, []
-    for lesion in layout.LESION_TYPES:
+    # One random stream per lesion type: retuning one type leaves the others' draws as they were.
+    for lesion, stream in zip(layout.LESION_TYPES, rng.spawn(len(layout.LESION_TYPES))):
         kind = _KINDS[lesion]
-        lesions = _place(canvas, rng, kind, disc)
-        _paint(reflectance, canvas, rng, kind, lesions)
-        maps[lesion], annotators = _annotate(canvas, rng, kind, lesions)
-        truth += _truth(lesion, kind, lesions, annotators)
+        lesions = _place(canvas, stream, kind, disc)
+        _paint(reflectance, canvas, stream, kind, lesions)
+        maps[lesion], annotators = _annotate(canvas, stream, kind, lesions)
+        truth += _truth(lesion, kind, lesions, annotators, lesions.visibility(kind, canvas.scale))
     return _photograph(canvas, rng, reflectance), maps, truth
 
 
-def _truth(lesion: str, kind: _Kind, lesions: _Lesions, annotators: np.ndarray) -> list[dict[str, Any]]:
-    """JSON-ready lesions: type, clinical kind, shape (canvas pixels, as drawn) and how many annotators marked it.
+def _truth(
+    lesion: str, kind: _Kind, lesions: _Lesions, annotators: np.ndarray, visibility: np.ndarray
+) -> list[dict[str, Any]]:
+    """JSON-ready lesions: type, clinical kind, shape (canvas pixels, as drawn), visibility, annotators who marked it.
 
     ``x`` is the column and ``y`` the row in the coordinates of the ``ImageDraw.polygon`` that
     painted the lesion, where pixel (row r, column c) spans [c, c+1) x [r, r+1): the centre lies
@@ -150,10 +178,10 @@ def _truth(lesion: str, kind: _Kind, lesions: _Lesions, annotators: np.ndarray) 
     return [
         {"type": lesion, "kind": _FLAME if flame else kind.clinical,
          "x": round(x, 2), "y": round(y, 2), "major": round(major, 2), "minor": round(minor, 2),
-         "angle": round(angle, 2), "annotators": count}
-        for x, y, major, minor, angle, flame, count in zip(
+         "angle": round(angle, 2), "visibility": round(seen, 3), "annotators": count}
+        for x, y, major, minor, angle, flame, seen, count in zip(
             lesions.x.tolist(), lesions.y.tolist(), lesions.major.tolist(), lesions.minor.tolist(),
-            lesions.angle.tolist(), lesions.flame.tolist(), annotators.tolist())
+            lesions.angle.tolist(), lesions.flame.tolist(), visibility.tolist(), annotators.tolist())
     ]
 
 
@@ -203,7 +231,10 @@ def _place(canvas: Canvas, rng: np.random.Generator, kind: _Kind, disc: Disc) ->
     elongation *= rng.uniform(1, 1.4, len(members))
     # Flames follow the nerve fibres, which run roughly away from the disc.
     along_fibres = np.arctan2(y - disc.y, x - disc.x) + rng.normal(0, 0.25, len(members))
-    lesions = _Lesions(x, y, radius * np.sqrt(elongation), radius / np.sqrt(elongation), along_fibres, flame)
+    # Lesions of one cluster are about as strong as each other: one stage of one bleed.
+    strength = _log_uniform(rng, *kind.opacity, size=len(counts))[members] * np.exp(rng.normal(0, 0.25, len(members)))
+    opacity = np.clip(strength, *kind.opacity)
+    lesions = _Lesions(x, y, radius * np.sqrt(elongation), radius / np.sqrt(elongation), along_fibres, flame, opacity)
     return _keep(lesions, _inside(canvas, disc, x, y, radius * np.sqrt(elongation)))
 
 
@@ -234,7 +265,7 @@ def _keep(lesions: _Lesions, chosen: np.ndarray) -> _Lesions:
 
 def _paint(image: np.ndarray, canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions) -> None:
     """In place: tint the fundus towards the lesion colour, each lesion with its own irregular shape and strength."""
-    opacity = rng.uniform(*kind.opacity, size=len(lesions.x))
+    opacity = lesions.opacity
     if not len(opacity):
         return
     layer = Image.new("L", (canvas.width, canvas.height))
@@ -269,8 +300,9 @@ def _annotate(
     """
     total = np.zeros((canvas.height, canvas.width), dtype=np.uint16)
     annotators = np.zeros(len(lesions.x), dtype=np.int64)
+    visibility = lesions.visibility(kind, canvas.scale)
     for annotator in _ANNOTATORS:
-        layer, marked = _marks(canvas, rng, kind, lesions, annotator)
+        layer, marked = _marks(canvas, rng, kind, lesions, visibility, annotator)
         total += np.asarray(layer)
         annotators += marked
     return (total * layout.CONFIDENCE_STEP * canvas.fov).astype(np.uint8), annotators
@@ -280,7 +312,8 @@ def _annotate(
 class _Group:
     """Lesions an annotator marks at once: centre, half span of their centres, largest lesion half extents.
 
-    ``members`` are the lesions' indices, so the truth can tell which lesions a mark covers.
+    ``members`` are the lesions' indices, so the truth can tell which lesions a mark covers;
+    ``visibility`` is that of the most visible of them.
     """
 
     x: float
@@ -290,33 +323,51 @@ class _Group:
     half_width: float
     half_height: float
     members: np.ndarray
+    visibility: float
 
 
 def _marks(
-    canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions, annotator: _Annotator
+    canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions, visibility: np.ndarray,
+    annotator: _Annotator,
 ) -> tuple[Image.Image, np.ndarray]:
-    """One annotator's confidence map (0..3): a coarse shape around each lesion group it notices.
+    """One annotator's confidence map (0..3): a coarse shape around each lesion group it sees, and its lone marks.
 
-    Small lesions are easily missed: the chance to notice grows with the size of the largest lesion.
-    Also which lesions are in a noticed group (bool per lesion).
+    Also which lesions are in a marked group (bool per lesion).
     """
     layer = Image.new("L", (canvas.width, canvas.height))
-    groups = _groups(lesions, annotator.grouping * kind.grouping * canvas.scale)
-    size = np.array([max(group.half_width, group.half_height) for group in groups]) / canvas.scale
-    noticed = rng.random(len(groups)) < annotator.notice * (1 - np.exp(-size / annotator.noticeable))
-    levels = rng.choice([1, 2, 3], size=len(groups), p=annotator.levels)
+    groups = _groups(lesions, visibility, annotator.grouping * kind.grouping * canvas.scale)
+    seen = np.array([group.visibility for group in groups]) + rng.normal(0, annotator.doubt, len(groups))
+    noticed = rng.random(len(groups)) < annotator.notice * _logistic(seen, annotator.seen_at)
+    levels = np.where(rng.random(len(groups)) < _logistic(seen, annotator.sure_at), 3,
+                      np.where(rng.random(len(groups)) < 5 / 6, 2, 1))
+    marks = [(int(level), group) for level, group, mark in zip(levels, groups, noticed) if mark]
+    marks += [(int(rng.choice([1, 2, 3], p=[0.05, 0.45, 0.5])), group)
+              for group in _lone_groups(canvas, rng, int(rng.poisson(kind.lone_marks)))]
     draw = ImageDraw.Draw(layer)
     # Higher confidence drawn last, so overlapping marks of one annotator keep the higher level.
-    for g in np.argsort(levels, kind="stable"):
-        if noticed[g]:
-            draw.polygon(_mark_outline(canvas, rng, groups[g], annotator), fill=int(levels[g]))
+    for level, group in sorted(marks, key=lambda mark: mark[0]):
+        draw.polygon(_mark_outline(canvas, rng, group, annotator), fill=level)
     marked = np.zeros(len(lesions.x), dtype=bool)
-    for group, seen in zip(groups, noticed):
-        marked[group.members] = seen
+    for group, mark in zip(groups, noticed):
+        marked[group.members] = mark
     return layer, marked
 
 
-def _groups(lesions: _Lesions, distance: float) -> list[_Group]:
+def _logistic(visibility: np.ndarray, half: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-(visibility - half) / SLOPE))
+
+
+def _lone_groups(canvas: Canvas, rng: np.random.Generator, count: int) -> list[_Group]:
+    """Marks around nothing drawn: a small lesion's mark anywhere in the posterior pole."""
+    angle = rng.uniform(0, math.tau, size=count)
+    distance = canvas.radius * 0.85 * np.sqrt(rng.random(count))
+    half = _log_uniform(rng, *_LONE_MARK_SIZE, size=count) * canvas.scale
+    return [_Group(canvas.cx + d * math.cos(a), canvas.cy + d * math.sin(a), 0.0, 0.0, h, h,
+                   np.zeros(0, dtype=np.int64), 0.0)
+            for a, d, h in zip(angle.tolist(), distance.tolist(), half.tolist())]
+
+
+def _groups(lesions: _Lesions, visibility: np.ndarray, distance: float) -> list[_Group]:
     """Lesions marked together: each lesion in turn gathers the unmarked ones within ``distance``.
 
     Gathering around one lesion, unlike chaining neighbours, keeps a group about as wide
@@ -334,7 +385,8 @@ def _groups(lesions: _Lesions, distance: float) -> list[_Group]:
             x0, x1 = lesions.x[members].min(), lesions.x[members].max()
             y0, y1 = lesions.y[members].min(), lesions.y[members].max()
             groups.append(_Group((x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2,
-                                 half_width[members].max(), half_height[members].max(), members))
+                                 half_width[members].max(), half_height[members].max(), members,
+                                 float(visibility[members].max())))
     return groups
 
 
