@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from retinaseg.core.errors import PipelineError
 from retinaseg.core.layout import LESION_TYPES
 from retinaseg.core.params import PrepareParams
 from retinaseg.core.tasks import Task
+from retinaseg.core.workers import worker_pool
 from retinaseg.fetch.dataset import DiaretDB1
 from retinaseg.prepare import masks
 from retinaseg.prepare.fundus import Box, crop_resize, fundus_box
@@ -76,7 +76,8 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Sequence[Task], params:
     the manifest's ``simulated_truth`` says whether it did.
 
     Images are decoded in parallel processes and streamed into memory-mapped ``.npy``
-    files, so memory holds one image per worker, not the dataset.
+    files, so memory holds one image per worker, not the dataset; the workers end with
+    this process, however it ends (``core.workers``).
     """
     dataset = DiaretDB1(root)
     split = split_ids(dataset, params.train_id_list)
@@ -95,7 +96,7 @@ def prepare_dataset(root: Path, out_dir: Path, *, tasks: Sequence[Task], params:
     }
     fov_resized = _area_resize(fov, box, size)
     workers = workers or os.cpu_count() or 1
-    with atomic_path(out_dir, is_dir=True) as tmp, ProcessPoolExecutor(workers) as pool:
+    with atomic_path(out_dir, is_dir=True) as tmp, worker_pool(workers) as pool:
         for name, ids in split.items():
             arrays = _open_set(tmp / name, len(ids), size, tasks)
             samples = tqdm(pool.map(load, ids), total=len(ids), desc=f"prepare {name}", unit="image")

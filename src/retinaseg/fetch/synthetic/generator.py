@@ -17,7 +17,6 @@ import functools
 import math
 import os
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from retinaseg.core import layout
 from retinaseg.core.atomic import atomic_path, write_json
+from retinaseg.core.workers import worker_pool
 from retinaseg.fetch.synthetic import easy, realistic
 from retinaseg.fetch.synthetic.drawing import Canvas
 
@@ -49,7 +49,8 @@ def generate(
 
     Each image draws from its own generator seeded by ``(seed, image_id)``, so the
     same seed gives byte-identical files, images do not depend on ``num_images``, and
-    ``workers`` processes (default: one per core) draw them in parallel. The
+    ``workers`` processes (default: one per core) draw them in parallel; they end with this
+    process, however it ends (``core.workers``). The
     limits of the arguments are those of the ``data`` params block. A style that knows its
     lesions writes them to ``root / layout.SIMULATED_TRUTH``, outside ``resources/`` so the
     official layout stays as it is: ``{"style", "source_size": [w, h], "images": {"<id>": [lesion, ...]}}``.
@@ -61,7 +62,7 @@ def generate(
     truth = {}
     draw = functools.partial(_draw, root=root, size=size, seed=seed, style=style)
     ids = range(1, num_images + 1)
-    with ProcessPoolExecutor(min(workers or os.cpu_count() or 1, num_images)) as pool:
+    with worker_pool(min(workers or os.cpu_count() or 1, num_images)) as pool:
         drawn = tqdm(pool.map(draw, ids), total=num_images, desc=f"synthetic images ({style})", unit="image")
         for image_id, lesions in zip(ids, drawn):
             if lesions is not None:
