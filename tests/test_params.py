@@ -500,7 +500,7 @@ def test_the_reserved_class_names_are_the_keys_eval_json_writes():
     reference = {"images": rng.integers(0, 255, (*shape[:3], 3), dtype=np.uint8), "fov": np.ones(shape[1:3], bool),
                  "ids": np.arange(1, 3), task.name: rng.random(shape) > 0.8,
                  f"core_{task.name}": rng.random(shape) > 0.9}
-    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, None, 1.0, 1, False, 11)
+    scoring = Scoring.fixed(dict.fromkeys(task.lesion_names, 0.5), "params", pr_thresholds=11)
     summary, _, _ = score(reference, rng.random(shape).astype(np.float32), task, scoring, "v", 0.75)
     own_keys = set(summary.as_written()) - set(task.lesion_names)
     assert own_keys == set(EvalRecord.reserved_keys()) == set(EVAL_JSON_KEYS)

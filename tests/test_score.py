@@ -3,7 +3,7 @@
 import json
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -24,7 +24,9 @@ from retinaseg.evaluation.score import (
 TASKS = {task.name: task for task in (
     Task("multiclass", {"red": ("hemorrhages", "redsmalldots"), "bright": ("hardexudates", "softexudates")}),
     Task("binary", {"hemorrhages": ("hemorrhages",)}))}
-RULES = Scoring({"red": 0.4, "bright": 0.6}, "validation", "f_beta", None, None, 0.5, 2, True, 11)
+RULES = Scoring(thresholds={"red": 0.4, "bright": 0.6}, threshold_source="validation", operating_point="f_beta",
+                target_fp_per_image=None, max_area_ratio=None, threshold_beta=0.5, min_component_px=2,
+                drop_on_optic_disc=True, pr_thresholds=11)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_perfect_predictions_score_core_dice_1_without_false_positives(prepared,
     task = TASKS[name]
     core = reference(prepared, task)[f"core_{name}"]
     folder = write(tmp_path / name, prepared, core.astype(np.float32))
-    scoring = Scoring(dict.fromkeys(task.lesion_names, 0.5), "params", "fixed", None, None, 1.0, 1, False, 101)
+    scoring = Scoring.fixed(dict.fromkeys(task.lesion_names, 0.5), "params")
     summary, curves, predicted = score_folder(prepared, folder, task, scoring, name)
     np.testing.assert_array_equal(predicted[..., task.lesion_planes], core[..., task.lesion_planes].astype(bool))
     assert summary.variant == name and summary.core_threshold == CORE_THRESHOLD and summary.n_images == 3
@@ -86,7 +88,8 @@ def test_scoring_a_folder_equals_scoring_the_arrays_in_memory(prepared, tmp_path
     probabilities = noisy(prepared, task)
     folder = write(tmp_path / "predictions", prepared, probabilities)
     assert sorted(path.name for path in folder.iterdir()) == ["image004.npy", "image005.npy", "image006.npy"]
-    scoring = replace(RULES, thresholds={lesion: RULES.thresholds.get(lesion, 0.5) for lesion in task.lesion_names})
+    scoring = RULES.model_copy(update={"thresholds": {lesion: RULES.thresholds.get(lesion, 0.5)
+                                                      for lesion in task.lesion_names}})
     from_files = score_folder(prepared, folder, task, scoring, name)
     in_memory = score(reference(prepared, task), probabilities, task, scoring, name, CORE_THRESHOLD)
     assert json.dumps(from_files[0].as_written()) == json.dumps(in_memory[0].as_written())  # NaN-safe comparison
@@ -116,7 +119,8 @@ def assert_round_trip(path, task):
 def test_an_eval_json_reads_into_its_model_and_writes_back_byte_for_byte(prepared, tmp_path, name):
     task = TASKS[name]
     folder = write(tmp_path / "predictions", prepared, noisy(prepared, task))
-    scoring = replace(RULES, thresholds={lesion: RULES.thresholds.get(lesion, 0.5) for lesion in task.lesion_names})
+    scoring = RULES.model_copy(update={"thresholds": {lesion: RULES.thresholds.get(lesion, 0.5)
+                                                      for lesion in task.lesion_names}})
     summary, _, _ = score_folder(prepared, folder, task, scoring, name)
     summary.write(tmp_path / "eval.json")  # as evaluation._write_outputs writes it
     assert_round_trip(tmp_path / "eval.json", task)
@@ -163,7 +167,7 @@ def test_values_that_are_not_probabilities_are_one_line_errors(prepared, tmp_pat
     else:
         probabilities *= 255
     folder = write(tmp_path / "predictions", prepared, probabilities)
-    scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, None, 1.0, 1, False, 101)
+    scoring = Scoring.fixed({"hemorrhages": 0.5}, "params")
     one_line_error(lambda: score_folder(prepared, folder, task, scoring, "binary"), "image004.npy",
                    "outside [0, 1]")
 
@@ -196,7 +200,7 @@ def test_command_with_a_threshold_scores_every_class_at_it(prepared, tmp_path):
     assert result.returncode == 0, result.stderr
     written = json.loads((tmp_path / "eval.json").read_text())
     expected, _, _ = score(reference(prepared, task), probabilities, task,
-                           Scoring({"hemorrhages": 0.7}, "argument", "fixed", None, None, 1.0, 1, False, 101), "mine", CORE_THRESHOLD)
+                           Scoring.fixed({"hemorrhages": 0.7}, "argument"), "mine", CORE_THRESHOLD)
     assert written["variant"] == "mine" and written["threshold_source"] == "argument"
     assert written == json.loads(json.dumps(expected.as_written()).replace("NaN", "null"))
 
@@ -235,7 +239,7 @@ def test_with_the_simulated_truth_each_class_is_also_scored_against_the_drawn_le
     haemorrhages = sum(lesion["type"] == "hemorrhages" for lesions in drawn["images"].values() for lesion in lesions)
     everywhere = np.ones((2, 64, 64, 1), np.float32)  # one component over the whole field of view
     folder = write_predictions(tmp_path / "all", [3, 4], everywhere) or tmp_path / "all"
-    scoring = Scoring({"hemorrhages": 0.5}, "params", "fixed", None, None, 1.0, 1, False, 11)
+    scoring = Scoring.fixed({"hemorrhages": 0.5}, "params", pr_thresholds=11)
     summary, curves, _ = score_folder(realistic, folder, Task("binary", {"hemorrhages": ()}), scoring, "all")
     json.dumps(summary.as_written(), allow_nan=True)  # what eval.json gets: plain Python numbers only
     at_truth = summary.by_class["hemorrhages"]["truth"]
@@ -259,5 +263,5 @@ def test_without_a_truth_file_nothing_is_scored_against_it(prepared, tmp_path):
     task = TASKS["binary"]
     folder = write(tmp_path / "p", prepared, noisy(prepared, task))
     summary, curves, _ = score_folder(prepared, folder, task,
-                                      Scoring({"hemorrhages": 0.5}, "params", "fixed", None, None, 1.0, 1, False, 11), "p")
+                                      Scoring.fixed({"hemorrhages": 0.5}, "params", pr_thresholds=11), "p")
     assert "truth" not in summary.by_class["hemorrhages"] and curves.froc_truth == {}

@@ -108,19 +108,15 @@ class RunRecord(OutputFile):
     best_dice: float | None = None  # else on the training rows
 
 
-class EvalRecord(OutputFile):
-    """``metrics/eval/<variant>/eval.json``: how a model was scored on the test images, and every figure.
+class ScoringRules(BaseModel):
+    """How probabilities become the scored masks and curves, and where the thresholds came from.
 
-    Each lesion class's scores (``by_class``) are written at the top level under the class's name,
-    between ``froc_rule`` and ``macro``; every other field is a key of its own, so no class may be
-    named like one (``reserved_keys``). The figures stay plain dicts: ``evaluation.score`` says what they hold.
+    Declared once for both of their uses: eval.json records them (``EvalRecord`` holds these fields), and
+    scoring applies them (``evaluation.score.Scoring`` adds what applying them takes).
     """
 
-    NAME: ClassVar[str] = "eval.json"
-    FIX: ClassVar[str] = "rerun the evaluation that writes it (`dvc repro evaluate@<variant>`, or retinaseg-score)"
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    variant: str
-    task: str
     thresholds: dict[str, float]  # each lesion class's probability threshold
     threshold_source: Literal["validation", "params", "default", "argument"]
     operating_point: Literal["fp_per_image", "f_beta", "fixed"]
@@ -130,6 +126,41 @@ class EvalRecord(OutputFile):
     min_component_px: int
     drop_on_optic_disc: bool
     pr_thresholds: int
+
+    def threshold_rule(self) -> str:
+        """How the thresholds were set, in words."""
+        if self.threshold_source == "validation":
+            return (f"chosen per class on the validation images for evaluate.operating_point {self.operating_point}: "
+                    + operating_point_rule(self.operating_point, self.target_fp_per_image, self.max_area_ratio,
+                                           self.threshold_beta))
+        return {"params": "fixed by evaluate.threshold in params.yaml",
+                "default": "0.5, as the training held out no validation images to choose them on",
+                "argument": "given to retinaseg-score (--threshold)"}[self.threshold_source]
+
+
+def operating_point_rule(operating_point: str, target_fp_per_image: float | None, max_area_ratio: float | None,
+                         threshold_beta: float) -> str:
+    """What the threshold chosen for ``operating_point`` (``evaluate.operating_point``) achieves, in words."""
+    if operating_point == "f_beta":
+        return f"the best pixel F{threshold_beta:g} against the core"
+    return (f"the most core lesions with at most {target_fp_per_image:g} false positives per image outside every "
+            f"annotator's mark and at most {max_area_ratio:g}x the core's area")
+
+
+class EvalRecord(ScoringRules, OutputFile):
+    """``metrics/eval/<variant>/eval.json``: how a model was scored on the test images, and every figure.
+
+    The file starts with ``variant`` and ``task``, then the rules (``ScoringRules``). Each lesion
+    class's scores (``by_class``) are written at the top level under the class's name, between
+    ``froc_rule`` and ``macro``; every other field is a key of its own, so no class may be
+    named like one (``reserved_keys``). The figures stay plain dicts: ``evaluation.score`` says what they hold.
+    """
+
+    NAME: ClassVar[str] = "eval.json"
+    FIX: ClassVar[str] = "rerun the evaluation that writes it (`dvc repro evaluate@<variant>`, or retinaseg-score)"
+
+    variant: str
+    task: str
     core_threshold: float
     n_images: int
     lesion_classes: list[str]
@@ -175,9 +206,11 @@ class EvalRecord(OutputFile):
         return fields
 
     def as_written(self) -> dict[str, Any]:
-        """The fields in file order, each lesion class's scores where ``by_class`` is declared."""
-        written: dict[str, Any] = {}
-        for key, value in self.model_dump().items():
+        """The fields in file order: ``variant`` and ``task``, the rules, then the rest as declared, each lesion
+        class's scores where ``by_class`` is."""
+        fields = self.model_dump()
+        written = {"variant": fields.pop("variant"), "task": fields.pop("task")}
+        for key, value in fields.items():
             if key == "by_class":
                 written.update(value)
             else:

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from retinaseg.core.arrays import load_set
 from retinaseg.core.atomic import atomic_path, write_json
-from retinaseg.core.outputs import EvalRecord
+from retinaseg.core.outputs import EvalRecord, ScoringRules, operating_point_rule
 from retinaseg.core.params import EvaluateParams
 from retinaseg.core.tasks import Task
 from retinaseg.evaluation import anatomy, froc, postprocess, registry
@@ -77,14 +77,13 @@ def choose_thresholds(trained: TrainedModel, prepared_dir: Path, params: Evaluat
     if params.operating_point == "f_beta":
         chosen = postprocess.f_beta_thresholds(probabilities, core, fov, params.min_component_px, discs,
                                                params.threshold_beta)
-        rule = f"best pixel F{params.threshold_beta:g}"
     else:
         chosen = [froc.threshold_at_rate(probabilities[..., plane], core[..., plane], marked[..., plane], fov,
                                          discs, params.min_component_px, params.target_fp_per_image,
                                          params.max_area_ratio)
                   for plane in task.lesion_planes]
-        rule = (f"most core lesions with at most {params.target_fp_per_image:g} false positives per image outside "
-                f"every annotator's mark and at most {params.max_area_ratio:g}x the core's area")
+    rule = operating_point_rule(params.operating_point, params.target_fp_per_image, params.max_area_ratio,
+                                params.threshold_beta)
     print(f"evaluate {variant}: thresholds chosen on {rows.sum()} validation images ({rule}): "
           + ", ".join(f"{name} {value:.3f}" for name, value in zip(task.lesion_names, chosen)))
     return chosen, "validation"
@@ -104,9 +103,8 @@ def evaluate_task(variant: str, *, prepared_dir: Path, model_dir: Path, run_path
     trained = load_trained(model_dir)
     task = trained.task
     thresholds, threshold_source = choose_thresholds(trained, prepared_dir, params)
-    scoring = Scoring(dict(zip(task.lesion_names, thresholds)), threshold_source, params.operating_point,
-                      params.target_fp_per_image, params.max_area_ratio, params.threshold_beta, params.min_component_px,
-                      params.drop_on_optic_disc, params.pr_thresholds)
+    scoring = Scoring(thresholds=dict(zip(task.lesion_names, thresholds)), threshold_source=threshold_source,
+                      **params.model_dump(include=set(ScoringRules.model_fields)))
     test = load_set(prepared_dir / "test", task.name, core=True)
     write_predictions(predictions_dir, test["ids"].tolist(), predict_batches(trained.model, test["images"]))
     summary, curves, predicted = score_folder(prepared_dir / "test", predictions_dir, task, scoring, variant)

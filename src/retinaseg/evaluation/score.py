@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +27,26 @@ from retinaseg.core.arrays import load_set
 from retinaseg.core.atomic import atomic_path, save_npy
 from retinaseg.core.errors import PipelineError
 from retinaseg.core.layout import image_name
-from retinaseg.core.outputs import EvalRecord
+from retinaseg.core.outputs import EvalRecord, ScoringRules
 from retinaseg.core.tasks import Task
 from retinaseg.evaluation import anatomy, bootstrap, froc, metrics, truth
 from retinaseg.evaluation.postprocess import Rules, probability
 
 
-@dataclass(frozen=True)
-class Scoring:
-    """The post-processing and the curve grid of a score, and where the thresholds came from; all go into eval.json."""
-
-    thresholds: dict[str, float]
-    threshold_source: str
-    operating_point: str
-    target_fp_per_image: float | None
-    max_area_ratio: float | None
-    threshold_beta: float
-    min_component_px: int
-    drop_on_optic_disc: bool
-    pr_thresholds: int
+class Scoring(ScoringRules):
+    """The post-processing and the curve grid of a score, and where the thresholds came from, as eval.json records
+    them (``ScoringRules``), with what applying them takes."""
 
     @property
     def rules(self) -> Rules:
         return Rules(list(self.thresholds.values()), self.min_component_px, self.drop_on_optic_disc)
+
+    @classmethod
+    def fixed(cls, thresholds: dict[str, float], source: str = "argument", pr_thresholds: int = 101) -> Scoring:
+        """The given thresholds and no cleaning (no speck or optic-disc removal): the rules of ``--threshold``."""
+        return cls(thresholds=thresholds, threshold_source=source, operating_point="fixed", target_fp_per_image=None,
+                   max_area_ratio=None, threshold_beta=1.0, min_component_px=1, drop_on_optic_disc=False,
+                   pr_thresholds=pr_thresholds)
 
     @classmethod
     def from_eval_json(cls, path: Path, lesion_names: list[str]) -> Scoring:
@@ -58,7 +55,7 @@ class Scoring:
         if not set(lesion_names) <= set(evaluation.lesion_classes):
             raise PipelineError(f"{path}: an eval.json of the classes {', '.join(evaluation.lesion_classes)}, not "
                                 f"{', '.join(lesion_names)}; pass metrics/eval/<variant>/eval.json of the same task")
-        rules = {field.name: getattr(evaluation, field.name) for field in fields(cls)}
+        rules = evaluation.model_dump(include=set(ScoringRules.model_fields))
         return cls(**{**rules, "thresholds": {name: evaluation.thresholds[name] for name in lesion_names}})
 
 
@@ -143,7 +140,7 @@ def score(reference: dict[str, np.ndarray], probabilities: np.ndarray, task: Tas
     marked = reference.get(f"marked_{task.name}")
     counts = np.stack([metrics.confusion_counts(ref, pred) for ref, pred in zip(target, predicted)])
     pooled = metrics.summarize(ids, counts, task.plane_names, task.lesion_planes)
-    summary = EvalRecord(variant=variant, task=task.name, **asdict(scoring), core_threshold=core_threshold,
+    summary = EvalRecord(variant=variant, task=task.name, **scoring.model_dump(), core_threshold=core_threshold,
                          n_images=len(ids), lesion_classes=task.lesion_names, froc_rule=froc.RULE,
                          by_class={name: pooled[name] for name in task.lesion_names}, macro=pooled["macro"],
                          micro=pooled["micro"], per_image=pooled["per_image"])
@@ -293,8 +290,7 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     task = reference_task(args.reference, args.task)
     scoring = (Scoring.from_eval_json(args.rules, task.lesion_names) if args.rules else
-               Scoring(dict.fromkeys(task.lesion_names, args.threshold), "argument", "fixed", None, None, 1.0, 1,
-                       False, 101))
+               Scoring.fixed(dict.fromkeys(task.lesion_names, args.threshold)))
     summary, _, _ = score_folder(args.reference, args.predictions, task, scoring,
                                  args.variant or args.predictions.name)
     summary.write(args.out)
