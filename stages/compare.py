@@ -6,6 +6,7 @@ from retinaseg.compare.report import (
     comparison_rows,
     figure,
     froc_rows,
+    is_real_data,
     markdown,
     read_curve,
 )
@@ -13,12 +14,12 @@ from retinaseg.core import params, stage
 from retinaseg.core.atomic import atomic_path, write_json, write_text
 from retinaseg.tracking import mlflow_runs
 
-METRICS, MODELS = Path("metrics"), Path("models")
+METRICS, MODELS, MANIFEST = Path("metrics"), Path("models"), Path("data/prepared/manifest.json")
 
 
 def main(argv: list[str]) -> None:
     everything = params.load()
-    variants, real_data = everything.variants, everything.data.source != "synthetic"
+    variants, real_data = everything.variants, is_real_data(everything.data.source, MANIFEST)
     rows = comparison_rows(METRICS / "eval", METRICS / "train", MODELS, variants)
     table = markdown(rows, real_data)
     write_text(METRICS / "comparison.md", table)
