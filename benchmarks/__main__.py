@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import compute, data, repro
+from benchmarks import compute, data, repro, roofline
 from benchmarks.config import FULL, TINY
 from benchmarks.measure import CONTAMINATION_CORES, Load
 from benchmarks.report import table
@@ -25,9 +25,10 @@ from retinaseg.core.atomic import write_json
 
 SECTIONS = {"peak": compute.peak, "train_step": compute.train_step, "input_stall": compute.input_stall,
             "determinism": compute.determinism, "distribute": compute.distributed, "augmentation": data.augmentation,
-            "prepare": data.prepare, "inference": compute.inference, "dvc_noop": repro.dvc_noop}
-#: train_step reports its throughput as a fraction of the peak measured in the same run.
-NEEDS = {"train_step": {"peak"}}
+            "prepare": data.prepare, "inference": compute.inference, "roofline": roofline.roofline,
+            "dvc_noop": repro.dvc_noop}
+#: train_step and roofline report throughput as a fraction of the peak measured in the same run.
+NEEDS = {"train_step": {"peak"}, "roofline": {"peak"}}
 
 
 @dataclass

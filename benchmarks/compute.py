@@ -80,7 +80,7 @@ def _matmul(dtype: tf.DType, cfg: Config) -> dict:
 
 
 @contextlib.contextmanager
-def _precision(precision: str) -> Iterator[None]:
+def precision_policy(precision: str) -> Iterator[None]:
     """The Keras dtype policy is global: set it for one model, then back to float32."""
     hardware.configure(precision)
     try:
@@ -117,7 +117,7 @@ def step_seconds(model: keras.Model, dataset, warmup: int, reps: int) -> list[fl
     return clock.seconds[warmup:]
 
 
-def _random_batch(batch: int, image_size: int):
+def random_batch(batch: int, image_size: int):
     rng = np.random.default_rng(0)
     images = rng.random((batch, image_size, image_size, 3), np.float32) * 255  # pixel values, as training feeds
     masks = (rng.random((batch, image_size, image_size, 1)) < 0.05).astype(np.float32)
@@ -128,7 +128,7 @@ def train_step(cfg: Config, run) -> dict:
     """Training throughput of the tutorial's two U-Nets, and of the large one in bf16 and XLA."""
     peaks = {name: run.results["peak"].get(name, {}).get("gflops", {}).get("median")
              for name in ("float32", "bfloat16")}
-    dataset = _random_batch(cfg.batch, cfg.image_size)
+    dataset = random_batch(cfg.batch, cfg.image_size)
     nets = {cfg.small_net.label: _train_net(cfg.small_net, VARIANTS[:1], cfg.reps, cfg, dataset, peaks, trace=False),
             cfg.large_net.label: _train_net(cfg.large_net, VARIANTS, cfg.slow_reps, cfg, dataset, peaks, trace=True)}
     large = nets[cfg.large_net.label]["variants"]["float32"]
@@ -149,7 +149,7 @@ def _train_net(net: Net, variants, reps: int, cfg: Config, dataset, peaks: dict,
         if precision == "bfloat16" and not _native_bfloat16():
             entry["variants"][name] = _no_bfloat16()
             continue
-        with _precision(precision):
+        with precision_policy(precision):
             model = _compiled_unet(net, cfg.image_size, jit)
             seconds = step_seconds(model, dataset, cfg.warmup, reps)
             if trace and name == "float32":
@@ -190,7 +190,7 @@ def input_stall(cfg: Config, run) -> dict:
     arrays, source = data.training_set(cfg, run.tmp)
     images, masks = arrays["images"], arrays["binary"]
     precision = hardware.resolve_precision("auto")
-    with _precision(precision):
+    with precision_policy(precision):
         model = _compiled_unet(cfg.pipeline_net, images.shape[1])
         batch = next(iter(make_dataset(images, masks, cfg.pipeline_batch, None)))
         in_memory = step_seconds(model, tf.data.Dataset.from_tensors(batch).repeat(), cfg.warmup, cfg.reps)
@@ -210,31 +210,40 @@ def inference(cfg: Config, run) -> dict:
     precision = hardware.resolve_precision("auto")
     net = cfg.pipeline_net
     rng = np.random.default_rng(0)
-    with _precision(precision):
+    with precision_policy(precision):
         model = build_unet(cfg.image_size, BINARY, net.params)
+        training_size = predict_rate(model, rng, cfg.inference_images, cfg.warmup, cfg.reps)
         result = {"model": f"{net.label} (params.yaml's model), {precision} (as trained with train.mixed_precision: auto)",
-                  "training_size": _predict_rate(model, rng, cfg.inference_images, cfg.warmup, cfg.reps)}
-        per_image = 1 / result["training_size"]["images_per_second"]["median"]
-        height, width = cfg.full_size
-        runs = 1 + cfg.slow_reps
-        predicted = per_image * height * width / cfg.image_size**2 * cfg.full_images * runs
-        if predicted > cfg.full_seconds_budget:
-            result["full_resolution"] = {"skipped": f"predicted {predicted:.0f} s for {runs} runs of "
-                                                    f"{cfg.full_images} images, over the "
-                                                    f"{cfg.full_seconds_budget:.0f} s budget"}
-        else:
-            # Fully convolutional: the same layers and weights on a larger input.
-            full = keras.models.clone_model(model, input_tensors=keras.Input((height, width, 3)))
-            full.set_weights(model.get_weights())
-            try:
-                result["full_resolution"] = _predict_rate(full, rng, cfg.full_images, 1, cfg.slow_reps)
-            except (tf.errors.ResourceExhaustedError, MemoryError) as error:
-                result["full_resolution"] = {"skipped": f"out of memory: {type(error).__name__}: {error}"}
+                  "training_size": training_size,
+                  "full_resolution": full_resolution_rate(model, cfg, rng, training_size)}
     keras.backend.clear_session()
     return result
 
 
-def _predict_rate(model: keras.Model, rng: np.random.Generator, count: int, warmup: int, reps: int) -> dict:
+def at_size(model: keras.Model, height: int, width: int) -> keras.Model:
+    """The same layers and weights on another input size: the U-Net is fully convolutional."""
+    resized = keras.models.clone_model(model, input_tensors=keras.Input((height, width, 3)))
+    resized.set_weights(model.get_weights())
+    return resized
+
+
+def full_resolution_rate(model: keras.Model, cfg: Config, rng: np.random.Generator, training_size: dict) -> dict:
+    """``predict_rate`` of ``model`` at ``cfg.full_size``; skipped when predicted over budget from the
+    ``training_size`` rate, or when it runs out of memory."""
+    per_image = 1 / training_size["images_per_second"]["median"]
+    height, width = cfg.full_size
+    runs = 1 + cfg.slow_reps
+    predicted = per_image * height * width / model.input_shape[1] / model.input_shape[2] * cfg.full_images * runs
+    if predicted > cfg.full_seconds_budget:
+        return {"skipped": f"predicted {predicted:.0f} s for {runs} runs of {cfg.full_images} images, over the "
+                           f"{cfg.full_seconds_budget:.0f} s budget"}
+    try:
+        return predict_rate(at_size(model, height, width), rng, cfg.full_images, 1, cfg.slow_reps)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+        return {"skipped": f"out of memory: {type(error).__name__}: {error}"}
+
+
+def predict_rate(model: keras.Model, rng: np.random.Generator, count: int, warmup: int, reps: int) -> dict:
     images = rng.integers(0, 256, (count, *model.input_shape[1:]), np.uint8)
     seconds = repeat(lambda: predict_batches(model, images), warmup, reps)
     forward = flops.analytic_forward_flops(model)["total"]
@@ -298,15 +307,15 @@ def _mirrored_steps(cfg: Config, precision: str, count: int) -> list[float]:
     params = train_params().model_copy(update={"distribute": "mirrored", "cpu_devices": count,
                                                "batch_size": cfg.pipeline_batch})
     strategy = distribute.strategy(params)
-    with _precision(precision), strategy.scope():
+    with precision_policy(precision), strategy.scope():
         model = build_unet(cfg.image_size, BINARY, cfg.pipeline_net.params)
         compile_unet(model, BINARY, params)
-        return step_seconds(model, _random_batch(cfg.pipeline_batch, cfg.image_size), cfg.warmup, cfg.reps)
+        return step_seconds(model, random_batch(cfg.pipeline_batch, cfg.image_size), cfg.warmup, cfg.reps)
 
 
 def _steps_with_determinism(cfg: Config, precision: str, enabled: bool) -> list[float]:
     if enabled:
         tf.config.experimental.enable_op_determinism()
-    with _precision(precision):
+    with precision_policy(precision):
         model = _compiled_unet(cfg.pipeline_net, cfg.image_size)
-        return step_seconds(model, _random_batch(cfg.pipeline_batch, cfg.image_size), cfg.warmup, cfg.reps)
+        return step_seconds(model, random_batch(cfg.pipeline_batch, cfg.image_size), cfg.warmup, cfg.reps)

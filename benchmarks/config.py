@@ -79,6 +79,11 @@ class Config:
     full_size: tuple[int, int]     # (height, width) of full-resolution inference, multiples of 2^depth
     full_images: int
     full_seconds_budget: float     # full-resolution inference is skipped when predicted to take longer
+    triad_min_mib: int             # memory-bandwidth arrays: at least this many MiB each ...
+    triad_cache_multiple: int      # ... and this many times the last-level cache
+    fit_images: int                # synthetic images of the pipeline's fit: the last for test, the rest training
+    fit_copies: int                # augmented copies of each training image
+    fit_epochs: int                # epochs of that fit; the first traces, the others are timed
     dvc: bool
 
 
@@ -88,7 +93,8 @@ FULL = Config(
     pipeline_net=Net(4, 16), pipeline_batch=8,
     synthetic_images=12, synthetic_size=(750, 576), synthetic_copies=8, augment_images=27,
     prepare_images=89, prepare_size=(1500, 1152), prepare_train_ids=TRAIN_IDS,
-    inference_images=16, full_size=(1152, 1504), full_images=2, full_seconds_budget=60.0, dvc=True,
+    inference_images=16, full_size=(1152, 1504), full_images=2, full_seconds_budget=60.0,
+    triad_min_mib=64, triad_cache_multiple=8, fit_images=5, fit_copies=7, fit_epochs=3, dvc=True,
 )
 
 TINY = Config(
@@ -97,5 +103,6 @@ TINY = Config(
     pipeline_net=Net(2, 4), pipeline_batch=2,
     synthetic_images=3, synthetic_size=(64, 48), synthetic_copies=1, augment_images=2,
     prepare_images=3, prepare_size=(64, 48), prepare_train_ids=(1, 2),
-    inference_images=2, full_size=(48, 64), full_images=1, full_seconds_budget=30.0, dvc=False,
+    inference_images=2, full_size=(48, 64), full_images=1, full_seconds_budget=30.0,
+    triad_min_mib=4, triad_cache_multiple=0, fit_images=3, fit_copies=3, fit_epochs=2, dvc=False,
 )

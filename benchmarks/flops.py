@@ -67,22 +67,34 @@ def forward_flops(model: keras.Model) -> dict:
                     "a training step counts 3 x forward (forward, input gradients, weight gradients)"}
 
 
-def op_breakdown(run_step: Callable[[], object], top: int = 12) -> dict:
-    """Kernel time per op type over one traced call of ``run_step`` (TF profiler trace).
-
-    Sums the durations of op events on TensorFlow's executor threads (``tf_Compute``);
-    ops running side by side both count, so shares are of summed kernel time, not wall time.
-    """
+def profile(run_step: Callable[[], object], memory: bool = False):
+    """The TF profiler trace (an XSpace) of one call of ``run_step``; with ``memory``, its allocations too."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
+    # Host tracer level 3 adds an event per buffer allocated; 2 (the default) records the ops alone.
+    options = tf.profiler.experimental.ProfilerOptions(host_tracer_level=3 if memory else 2)
     with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
+        tf.profiler.experimental.start(logdir, options=options)
         try:
             run_step()
         finally:
             tf.profiler.experimental.stop()
         space = xplane_pb2.XSpace()
         space.ParseFromString(next(Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    return space
+
+
+def op_breakdown(run_step: Callable[[], object], top: int = 12) -> dict:
+    """Kernel time per op type over one traced call of ``run_step``."""
+    return kernel_times(profile(run_step), top)
+
+
+def kernel_times(space, top: int = 12) -> dict:
+    """Kernel time per op type in a trace (``profile``).
+
+    Sums the durations of op events on TensorFlow's executor threads (``tf_Compute``);
+    ops running side by side both count, so shares are of summed kernel time, not wall time.
+    """
     picoseconds: collections.Counter[str] = collections.Counter()
     for plane in space.planes:
         for line in plane.lines:

@@ -2,12 +2,14 @@
 
 Scores the labels themselves as if a model had predicted them, with evaluation's rules (the
 cleaning and FROC of ``--rules``, an eval.json): the summed annotator confidence (the default
-training target, ``train.target: confidence``, learnt perfectly), the union of the marks and
+training target, ``train.target: confidence``, learnt perfectly), any annotator's mark (confidence
+above 0, wider than the tutorial's 0.1 target, which leaves out a lone mark at the lowest level) and
 the core. What such a perfect learner of the labels does not reach against the simulator's
 truth, no model trained on them can be expected to reach: the labels cap it. On synthetic data it
-also scores a perfect detector: every drawn lesion predicted, ranked by its size (what an image
-shows) or by how many annotators marked it (what no image shows). What that detector does not
-reach against the core, no model can: the core's label noise caps it.
+also scores a perfect detector: every drawn lesion predicted, ranked by its visibility or its size
+(what an image shows) or by how many annotators marked it (what no image shows). What that detector
+ranked by what the image shows does not reach against the core, no model can: the core's label noise
+caps it.
 
     python -m benchmarks.label_ceiling [--reference data/prepared/test] [--task binary] \\
         [--rules metrics/eval/binary/eval.json]
@@ -32,7 +34,7 @@ from retinaseg.evaluation import score, truth
 #: The labels scored as predictions: name -> (confidence planes, core planes) -> lesion-plane probabilities.
 LABELS = {
     "annotator confidence": lambda confidence, core: confidence.astype(np.float32) / TARGET_SCALE["confidence"],
-    "union of the marks": lambda confidence, core: (confidence > 0).astype(np.float32),
+    "any annotator's mark (confidence > 0)": lambda confidence, core: (confidence > 0).astype(np.float32),
     "core": lambda confidence, core: core.astype(np.float32),
 }
 
@@ -48,6 +50,7 @@ def as_probabilities(lesion_planes: np.ndarray, multiclass: bool) -> np.ndarray:
 
 #: Perfect detectors: a drawn lesion -> its score (higher: found at higher thresholds).
 RANKS = {
+    "drawn lesions by visibility": lambda lesion: float(lesion["visibility"]) + float(lesion["major"]) / 1e3,
     "drawn lesions by size": lambda lesion: float(lesion["major"]),
     "drawn lesions by annotators": lambda lesion: int(lesion["annotators"]) + float(lesion["major"]) / 1e3,
 }
@@ -93,7 +96,10 @@ def ceilings(reference_dir: Path, task_name: str, scoring: score.Scoring) -> dic
     if simulated is None or task.is_multiclass:
         return results
     ids, name = reference["ids"].tolist(), task.lesion_names[0]
+    drawn = [lesion for lesions in simulated["images"].values() for lesion in lesions]
     for label, rank in RANKS.items():
+        if label == "drawn lesions by visibility" and not all("visibility" in lesion for lesion in drawn):
+            continue  # a truth written before the generator recorded what annotators see
         planes = perfect_detector(simulated, ids, task.classes[name], rank)
         summary, _, _ = score.score(reference, planes, task, scoring, label, core_threshold, simulated)
         results[label] = _frocs(summary)

@@ -73,13 +73,45 @@ def _inference(result: dict) -> Iterator[Row]:
         yield f"predict {size}", entry.get("images_per_second"), "images/s", entry.get("skipped", "")
 
 
+def _roofline(result: dict) -> Iterator[Row]:
+    step, memory, epoch = result["train_step"], result["bandwidth"], result["pipeline_epoch"]
+    peak = result["peak"]
+    fractions = ", ".join(f"{step[key]:.0%} of {key.split('_')[2]} peak"
+                          for key in step if key.startswith("fraction_of_"))
+    yield "train step", step["images_per_second"], "images/s", f"{step['gflops']['median']:.0f} GFLOP/s, {fractions}"
+    yield "memory bandwidth (triad)", memory["gbs"], "GB/s", (
+        f"{memory['array_mib']:.0f} MiB arrays, {memory['threads']} threads")
+    line = step["roofline"]
+    yield "train step roofline bound", {"median": line["bound_images_per_second"]}, "images/s", (
+        f"{line['binds']} binds ({peak['precision']} peak {peak['gflops']:.0f} GFLOP/s; "
+        f"{line['arithmetic_intensity']:.0f} FLOP/B vs ridge {line['ridge_point']:.0f}); "
+        f"step at {line['fraction_of_bound']:.0%}")
+    allocated = step["allocated"]
+    yield "train step bytes (analytic)", {"median": step["bytes"]["per_image"] / 1e6}, "MB/image", (
+        f"profiled step allocated x{allocated['allocated_over_analytic_written']:.2f} the analytic writes")
+    if "top_ops" in step["kernel_time"]:
+        kernels = step["kernel_time"]
+        tops = ", ".join(f"{op['op']} {op['share']:.0%}" for op in kernels["top_ops"][:4])
+        yield "train step kernel time", None, "", f"conv ops {kernels['conv_share']:.0%}; {tops}"
+    parts = epoch["overheads_seconds_per_epoch"]
+    yield "epoch through train_task", epoch["images_per_second"], "images/s", (
+        f"{epoch['fraction_of_bare_step']:.0%} of bare step; s/epoch: " + ", ".join(
+            f"{name.replace('_', ' ')} {seconds:.2f}" for name, seconds in parts.items()))
+    for key in ("training_size", "full_resolution"):
+        entry = result["inference"][key]
+        size = "x".join(map(str, entry.get("size", []))) or key
+        note = entry.get("skipped") or (f"{entry['roofline']['fraction_of_bound']:.0%} of roofline bound "
+                                        f"({entry['roofline']['binds']} binds)")
+        yield f"predict {size}", entry.get("images_per_second"), "images/s", note
+
+
 def _dvc_noop(result: dict) -> Iterator[Row]:
     yield "dvc repro (nothing to do)", result.get("repro_seconds"), "s", result.get("skipped", "")
 
 
 ROWS = {"peak": _peak, "train_step": _train_step, "input_stall": _input_stall, "determinism": _determinism,
         "distribute": _distribute, "augmentation": _augmentation,
-        "prepare": _prepare, "inference": _inference, "dvc_noop": _dvc_noop}
+        "prepare": _prepare, "inference": _inference, "roofline": _roofline, "dvc_noop": _dvc_noop}
 
 
 def _number(value: float) -> str:

@@ -12,8 +12,8 @@ from retinaseg.core.tasks import Task
 def binarize(confidence: np.ndarray, threshold: float) -> np.ndarray:
     """Lesion where the summed annotator confidence reaches ``threshold`` of full scale.
 
-    The tutorial uses 0.1 (any annotator with some confidence counts); the dataset's own
-    toolkit uses 0.75 (strong agreement).
+    The tutorial uses 0.1: levels 2 and up, so a lone mark at the lowest confidence (21/255 =
+    0.082) does not count. The dataset's own toolkit uses 0.75 (strong agreement).
     """
     return confidence.astype(np.float32) / 255.0 >= threshold
 
