@@ -1,5 +1,6 @@
 # `make run` sets everything up and reproduces the pipeline; `make test` runs the suite;
-# `make bench` measures speed (not part of the tests); `make server` starts a shared tracking server.
+# `make bench` measures speed (not part of the tests); `make server` starts a shared tracking server;
+# `make docs` renders docs/results.md from the committed metrics (tests/test_docs.py checks it is current).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
-.PHONY: run test venv ui server bench lock
+.PHONY: run test venv ui server bench docs lock
 
 run: $(VENV)/.installed
 	dvc repro
@@ -25,6 +26,10 @@ test: $(VENV)/.installed
 # Speed figures of this machine (about 4-10 min on 2 cores); writes metrics/bench.json.
 bench: $(VENV)/.installed
 	python -m benchmarks
+
+# The current run's figures the docs cite (scores, training seconds, bench.json), from metrics/.
+docs: $(VENV)/.installed
+	python -m retinaseg.compare.docs
 
 venv: $(VENV)/.installed
 
