@@ -88,3 +88,13 @@ def test_line_footprint_has_the_length_and_angle_asked() -> None:
     rows, cols = np.nonzero(diagonal)
     assert np.hypot(np.ptp(rows), np.ptp(cols)) == pytest.approx(40, abs=1.5)  # 41 px long, whatever the angle
     assert diagonal[20, 20] and diagonal[rows.min(), cols.max()] and diagonal[rows.max(), cols.min()]
+
+
+@pytest.mark.parametrize("angle", [0.0, math.pi / 12, math.pi / 4, 7 * math.pi / 12])
+def test_line_closing_is_scipys_grey_closing(angle: float) -> None:
+    from scipy import ndimage
+
+    image = np.random.default_rng(0).random((60, 80)).astype(np.float32)
+    footprint = agreement._line(11, angle)
+    expected = ndimage.grey_closing(image, footprint=footprint)
+    np.testing.assert_array_equal(agreement.line_closing(image, footprint), expected)

@@ -56,10 +56,31 @@ def darkness(green: np.ndarray, fov: np.ndarray) -> np.ndarray:
     # Outside the field of view is black: fill it with the fundus so the closing sees no dark rim.
     half = np.where(inside, half, np.median(half[inside]) if inside.any() else 0.0).astype(np.float32)
     length = max(round(LINE_LENGTH / 2), 3) | 1
-    background = np.min([ndimage.grey_closing(half, footprint=_line(length, math.pi * k / ORIENTATIONS))
+    background = np.min([line_closing(half, _line(length, math.pi * k / ORIENTATIONS))
                          for k in range(ORIENTATIONS)], axis=0)
     dark = (background - half) / np.maximum(background, 1.0)
     return ndimage.gaussian_filter(dark, DARKNESS_SIGMA)
+
+
+def line_closing(image: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Grey closing (dilation, then erosion) by a centrally symmetric footprint, edges mirrored.
+
+    The same as ``scipy.ndimage.grey_closing(image, footprint=footprint)`` (its ``reflect`` mode), as
+    the maximum and minimum of shifted copies: a thin line has few pixels, so this is about three
+    times faster than scipy's general filter.
+    """
+    offsets = np.argwhere(footprint) - np.array(footprint.shape) // 2
+    reach = int(np.abs(offsets).max())
+    return _extreme(_extreme(image, offsets, reach, np.maximum), offsets, reach, np.minimum)
+
+
+def _extreme(image: np.ndarray, offsets: np.ndarray, reach: int, pick) -> np.ndarray:
+    padded = np.pad(image, reach, mode="symmetric")
+    rows, cols = image.shape
+    out = padded[reach : reach + rows, reach : reach + cols].copy()
+    for dr, dc in offsets.tolist():
+        pick(out, padded[reach + dr : reach + dr + rows, reach + dc : reach + dc + cols], out=out)
+    return out
 
 
 def _line(length: int, angle: float) -> np.ndarray:
