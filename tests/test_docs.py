@@ -139,13 +139,30 @@ def test_rendering_adds_the_device_sections_when_bench_json_has_them(tmp_path):
                 "distribute": {"model": "d4/16", "global_batch": 8, "device": "logical CPU", "speedup_2_vs_1": 0.97,
                                "devices": {"1": {"images_per_second": {"median": 21.3}},
                                            "2": {"images_per_second": {"median": 20.7}}}},
-                "roofline": {}}
+                "other": {}}
     metrics_tree(tmp_path, {**BENCH, "sections": sections})
     page = docs.render(tmp_path)
     assert "| TensorFlow op determinism, extra step time | +5 % (d4/16, batch 8) |" in page
     assert ("| training under `train.distribute: mirrored`, 1 / 2 logical CPU devices | 21.3 / 20.7 images/s, x0.97"
             in page)
-    assert "Also in bench.json, not rendered here: roofline." in page
+    assert "Also in bench.json, not rendered here: other." in page
+
+
+def test_rendering_quotes_the_roofline_and_a_skipped_no_op(tmp_path):
+    sections = {"dvc_noop": {"skipped": "pipeline not up to date"},
+                "roofline": {"model": "d4/16", "peak": {"precision": "bfloat16", "gflops": 400.0},
+                             "bandwidth": {"gbs": {"median": 30.0}},
+                             "train_step": {"images_per_second": {"median": 11.0}, "gflops": {"median": 200.0},
+                                            "roofline": {"bound_images_per_second": 22.0, "binds": "compute",
+                                                         "arithmetic_intensity": 54.0, "ridge_point": 13.3,
+                                                         "fraction_of_bound": 0.5}},
+                             "pipeline_epoch": {"images_per_second": {"median": 8.8}, "fraction_of_bare_step": 0.8}}}
+    metrics_tree(tmp_path, {**BENCH, "sections": sections})
+    page = docs.render(tmp_path)
+    assert "| no-op `dvc repro` | skipped: pipeline not up to date |" in page
+    assert "| training step of params.yaml's model (d4/16) | 11.0 images/s, 200 GFLOP/s |" in page
+    assert "22.0 images/s: compute binds (bfloat16 peak 400 GFLOP/s, triad 30 GB/s, 54 FLOP/B" in page
+    assert "the step reaches 50 %" in page and "8.8 images/s, 80 % of the bare step" in page
 
 
 def test_a_missing_column_of_the_comparison_is_one_line_naming_it(tmp_path):

@@ -207,8 +207,30 @@ def speed_rows(sections: dict[str, Any]) -> list[list[str]]:
         speeds = " / ".join(f"{median(size['images_per_second']):.1f}" for size in sizes)
         rows.append([f"inference at {names}", f"{speeds} images/s; {section['model']}"])
     if "dvc_noop" in sections:
-        rows.append(["no-op `dvc repro`", f"{median(sections['dvc_noop']['repro_seconds']):.2f} s"])
-    return rows + device_rows(sections)
+        section = sections["dvc_noop"]
+        rows.append(["no-op `dvc repro`", f"skipped: {section['skipped']}" if "skipped" in section
+                     else f"{median(section['repro_seconds']):.2f} s"])
+    return rows + device_rows(sections) + roofline_rows(sections)
+
+
+def roofline_rows(sections: dict[str, Any]) -> list[list[str]]:
+    """params.yaml's model against this machine's roofline, when bench.json holds it."""
+    if not sections.get("roofline"):
+        return []
+    section = sections["roofline"]
+    step, epoch = section["train_step"], section["pipeline_epoch"]
+    bound, peak = step["roofline"], section["peak"]
+    return [
+        [f"training step of params.yaml's model ({section['model']})",
+         f"{median(step['images_per_second']):.1f} images/s, {median(step['gflops']):.0f} GFLOP/s"],
+        ["its roofline bound", (f"{bound['bound_images_per_second']:.1f} images/s: {bound['binds']} binds "
+                                f"({peak['precision']} peak {peak['gflops']:.0f} GFLOP/s, triad "
+                                f"{median(section['bandwidth']['gbs']):.0f} GB/s, {bound['arithmetic_intensity']:.0f} "
+                                f"FLOP/B against a ridge of {bound['ridge_point']:.0f}); the step reaches "
+                                f"{100 * bound['fraction_of_bound']:.0f} %")],
+        ["an epoch as the pipeline trains it (`train_task`)",
+         f"{median(epoch['images_per_second']):.1f} images/s, {100 * epoch['fraction_of_bare_step']:.0f} % of the bare step"],
+    ]
 
 
 def device_rows(sections: dict[str, Any]) -> list[list[str]]:
@@ -249,7 +271,7 @@ def speed(metrics: Path) -> list[str]:
     targets = [[target["name"], f"{target['value']:.3g}", target["limit"], "yes" if target["pass"] else "**no**"]
                for target in bench.get("targets", [])]
     others = sorted(set(sections) - {"peak", "train_step", "input_stall", "augmentation", "prepare", "inference",
-                                     "dvc_noop", "determinism", "distribute"})
+                                     "dvc_noop", "determinism", "distribute", "roofline"})
     return ["## Speed", "",
             (f"`metrics/bench.json`, written by `make bench` (every figure the median of several repetitions after "
             f"warm-up; what each section measures: [performance.md](performance.md#benchmarks)). {machine(bench)}"),
