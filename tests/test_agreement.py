@@ -98,3 +98,11 @@ def test_line_closing_is_scipys_grey_closing(angle: float) -> None:
     footprint = agreement._line(11, angle)
     expected = ndimage.grey_closing(image, footprint=footprint)
     np.testing.assert_array_equal(agreement.line_closing(image, footprint), expected)
+
+
+def test_pooled_regions_of_several_images_are_one_set() -> None:
+    one = {"maximum": np.array([21.0]), "area": np.array([5.0]), "darkness": np.array([0.2])}
+    two = {"maximum": np.array([63.0, 252.0]), "area": np.array([1.0, 2.0]), "darkness": np.array([0.0, 0.3])}
+    together = agreement.pooled([one, two])
+    assert together["maximum"].tolist() == [21.0, 63.0, 252.0] and together["darkness"].tolist() == [0.2, 0.0, 0.3]
+    assert agreement.pooled([])["area"].shape == (0,)

@@ -26,7 +26,6 @@ from PIL import Image
 from scipy import ndimage, stats
 
 from retinaseg.core import layout
-from retinaseg.fetch.dataset import DiaretDB1
 
 LESION = "hemorrhages"
 #: The project's lesion core, as ``prepare.core_threshold`` defaults to (the dataset toolkit's 0.75).
@@ -111,11 +110,10 @@ def regions(level_map: np.ndarray, fov: np.ndarray, dark: np.ndarray) -> dict[st
     }
 
 
-def measure(dataset: DiaretDB1, ids: list[int], fov: np.ndarray) -> dict:
-    """The agreement figures of the haemorrhage regions of images ``ids``."""
-    found = [regions(dataset.read_groundtruth(LESION, image_id), fov,
-                     darkness(dataset.read_image(image_id)[:, :, 1], fov)) for image_id in ids]
-    return figures({key: np.concatenate([region[key] for region in found]) for key in ("maximum", "area", "darkness")})
+def pooled(per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The regions of several images (``regions`` of each) as one set."""
+    keys = ("maximum", "area", "darkness")
+    return {key: np.concatenate([np.zeros(0), *(found[key] for found in per_image)]) for key in keys}
 
 
 def figures(found: dict[str, np.ndarray]) -> dict:

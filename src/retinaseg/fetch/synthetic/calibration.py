@@ -71,6 +71,7 @@ def measure(root: Path, image_ids: list[int] | None = None) -> dict:
     scale = fov.shape[0] / layout.IMAGE_SIZE[1]
     regions = {group: {t: [] for t in THRESHOLDS} for group in GROUPS}
     contrasts = {name: [] for name in CONTRAST_GROUPS}
+    haemorrhage_regions = []
     for image_id in ids:
         maps = {lesion: dataset.read_groundtruth(lesion, image_id) for lesion in layout.LESION_TYPES}
         for group, lesions in GROUPS.items():
@@ -81,11 +82,12 @@ def measure(root: Path, image_ids: list[int] | None = None) -> dict:
             contrast = region_contrast(green, regions[group][THRESHOLDS[0]][-1], fov, RING_WIDTH * scale)
             if contrast is not None:
                 contrasts[name].append(contrast)
+        haemorrhage_regions.append(agreement.regions(maps[agreement.LESION], fov, agreement.darkness(green, fov)))
     figures = {"images": len(ids), "scale": scale}
     for group, by_threshold in regions.items():
         figures[group] = {str(t): region_figures(masks, fov, scale) for t, masks in by_threshold.items()}
     figures["contrast"] = {name: _mean(values) for name, values in contrasts.items()}
-    figures["agreement"] = agreement.measure(dataset, ids, fov)
+    figures["agreement"] = agreement.figures(agreement.pooled(haemorrhage_regions))
     return figures
 
 
