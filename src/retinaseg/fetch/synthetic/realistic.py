@@ -161,8 +161,9 @@ def sample(
         kind = _KINDS[lesion]
         lesions = _place(canvas, stream, kind, disc)
         _paint(reflectance, canvas, stream, kind, lesions)
-        maps[lesion], annotators = _annotate(canvas, stream, kind, lesions)
-        truth += _truth(lesion, kind, lesions, annotators, lesions.visibility(kind, canvas.scale))
+        visibility = lesions.visibility(kind, canvas.scale)
+        maps[lesion], annotators = _annotate(canvas, stream, kind, lesions, visibility)
+        truth += _truth(lesion, kind, lesions, annotators, visibility)
     return _photograph(canvas, rng, reflectance), maps, truth
 
 
@@ -292,7 +293,7 @@ def _outline(
 
 
 def _annotate(
-    canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions
+    canvas: Canvas, rng: np.random.Generator, kind: _Kind, lesions: _Lesions, visibility: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sum of the four annotators' confidence maps, in steps of 21 as DIARETDB1 stores them.
 
@@ -300,7 +301,6 @@ def _annotate(
     """
     total = np.zeros((canvas.height, canvas.width), dtype=np.uint16)
     annotators = np.zeros(len(lesions.x), dtype=np.int64)
-    visibility = lesions.visibility(kind, canvas.scale)
     for annotator in _ANNOTATORS:
         layer, marked = _marks(canvas, rng, kind, lesions, visibility, annotator)
         total += np.asarray(layer)
