@@ -1,10 +1,11 @@
-"""predict: class planes and overlays of new images, from a model whose predictions are known.
+"""predict: class planes, detection tables and overlays of new images, from a model whose predictions are known.
 
 The model is a 1x1 convolution on the pixels (after the U-Net's own ``scale_to_unit``) with
 set weights: "bright" where green is high, "red" where blue is high. So a bright and a "red"
 spot painted on the test fundus must come back exactly where they were painted.
 """
 
+import errno
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from helpers import eval_record, one_line_error
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from retinaseg.core.tasks import Task
 from retinaseg.evaluation import predict
 from retinaseg.model.unet import scale_to_unit
 
@@ -108,26 +110,94 @@ def test_multiclass_planes_find_each_spot_and_are_one_hot_in_the_field_of_view(m
     counts = planes.sum(axis=(0, 1))
     out = capsys.readouterr().out
     assert "classes background, red, bright, 32 px, cropped to the fundus" in out
-    assert f"eye.png: 90x70 -> {tmp_path / 'out' / 'eye.npy'}, {tmp_path / 'out' / 'eye_overlay.png'}; " \
-           f"background {counts[0]}, red {counts[1]}, bright {counts[2]} px" in out
+    written = ", ".join(str(tmp_path / "out" / name) for name in ("eye.npy", "eye_overlay.png", "eye_detections.json"))
+    assert f"eye.png: 90x70 -> {written}; background {counts[0]}, red {counts[1]}, bright {counts[2]} px" in out
 
 
-def test_overlay_paints_exactly_the_predicted_lesions_above_a_legend(models, fundus, tmp_path):
+def test_overlay_outlines_each_component_in_its_class_colour_and_leaves_the_lesion_visible(models, fundus, tmp_path):
     path, _, bright, red = fundus
     predict.main([str(path), "--model", str(models / "multiclass" / "model.keras"), "--out", str(tmp_path / "out")])
     planes = np.load(tmp_path / "out" / "eye.npy").astype(bool)
     with Image.open(tmp_path / "out" / "eye_overlay.png") as picture:
         overlay = np.asarray(picture.convert("RGB"))
     assert overlay.shape == (70 + predict.legend_height(70, 2), 90, 3)
-    original = np.asarray(Image.open(path)).astype(np.float64)
+    original = np.asarray(Image.open(path))
     lesion = planes[..., 1:].any(axis=-1)
     assert (overlay[:70][~lesion] == original[~lesion]).all()
     for plane, spot, colour in ((1, red, predict.PALETTE[0]), (2, bright, predict.PALETTE[1])):
         where = planes[..., plane]
         assert where[inside_and_outside(spot)[0]].all()
-        expected = np.rint((1 - predict.ALPHA) * original[where] + predict.ALPHA * np.array(colour))
-        assert (overlay[:70][where] == expected).all()
+        interior = ndimage.binary_erosion(where)  # a 90x70 image gets a 1-px outline
+        boundary = where & ~interior
+        assert interior.sum() > 50 and boundary.sum() > 20
+        assert (overlay[:70][interior] == original[interior]).all()  # not filled: the lesion shows
+        assert (overlay[:70][boundary] == colour).all()
         assert (overlay[70:] == colour).all(axis=-1).sum() > 20  # its legend swatch
+
+
+def test_outline_is_two_pixels_inside_the_component_at_full_size():
+    image = np.full((1152, 1500, 3), 90, np.uint8)
+    planes = np.zeros((1152, 1500, 3), np.uint8)
+    planes[..., 0] = 1
+    planes[400:600, 500:700] = [0, 1, 0]
+    overlay = np.asarray(predict.class_overlay(image, planes, Task.from_planes("multiclass", MULTICLASS)))[:1152]
+    coloured = (overlay == predict.PALETTE[0]).all(axis=-1)
+    assert np.flatnonzero(coloured[500]).tolist() == [500, 501, 698, 699]
+    assert np.flatnonzero(coloured[:, 600]).tolist() == [400, 401, 598, 599]
+    assert coloured.sum() == 200 * 200 - 196 * 196 and (overlay[~coloured] == 90).all()
+
+
+@pytest.fixture
+def three_spots(tmp_path):
+    """The fundus with a small strong red spot, a large weaker one (blue 150) and a bright spot; their masks."""
+    image, (_, strong, weak, bright) = painted((90, 70), [((20, 8, 70, 60), FUNDUS), ((50, 16, 58, 24), RED),
+                                                          ((28, 34, 46, 52), (150, 30, 150)), ((28, 14, 38, 24), BRIGHT)])
+    path = tmp_path / "spots.png"
+    image.save(path)
+    return path, strong, weak, bright
+
+
+def test_detections_are_the_components_of_the_written_planes_in_image_coordinates(models, three_spots, tmp_path):
+    path, strong, weak, bright = three_spots
+    eval_json = write_eval_json(tmp_path / "eval.json", {"red": 0.5, "bright": 0.6})
+    predict.main([str(path), "--model", str(models / "multiclass"), "--out", str(tmp_path / "out"),
+                  "--eval", str(eval_json)])  # cropped to the fundus: model pixels are not image pixels
+    planes = np.load(tmp_path / "out" / "spots.npy")
+    table = json.loads((tmp_path / "out" / "spots_detections.json").read_text())
+    assert {key: table[key] for key in ("image", "width", "height", "classes", "thresholds")} == {
+        "image": "spots.png", "width": 90, "height": 70, "classes": ["red", "bright"],
+        "thresholds": {"red": 0.5, "bright": 0.6}}
+    rows = table["detections"]
+    assert [row["class"] for row in rows] == ["red", "red", "bright"]
+    for plane, name in ((1, "red"), (2, "bright")):
+        labels, _ = ndimage.label(planes[..., plane], structure=np.ones((3, 3)))
+        expected = sorted(([box[1].start, box[0].start, box[1].stop, box[0].stop], int(area))
+                          for box, area in zip(ndimage.find_objects(labels), np.bincount(labels.ravel())[1:]))
+        assert sorted((row["bbox"], row["area_px"]) for row in rows if row["class"] == name) == expected
+    for row in rows:
+        assert table["thresholds"][row["class"]] <= row["mean_probability"] <= row["peak_probability"] <= 1
+    # By falling peak, not by size: the small strong spot before the large weak one.
+    assert rows[0]["peak_probability"] > rows[1]["peak_probability"] and rows[0]["area_px"] < rows[1]["area_px"]
+    for row, spot in zip(rows, (strong, weak, bright)):
+        centre_y, centre_x = ndimage.center_of_mass(spot)
+        np.testing.assert_allclose(row["centroid"], [centre_x, centre_y], atol=1.5)
+        box_rows, box_cols = ndimage.find_objects(spot.astype(int))[0]
+        np.testing.assert_allclose(row["bbox"], [box_cols.start, box_rows.start, box_cols.stop, box_rows.stop], atol=3)
+
+
+def test_a_failed_write_leaves_every_earlier_output_of_the_image(models, fundus, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    predict.main([str(fundus[0]), "--model", str(models / "multiclass"), "--out", str(out)])
+    before = {file.name: file.read_bytes() for file in out.iterdir()}
+    assert sorted(before) == ["eye.npy", "eye_detections.json", "eye_overlay.png"]
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(predict, "class_overlay", disk_full)  # after eye.npy, before the table
+    one_line_error(lambda: predict.main([str(fundus[0]), "--model", str(models / "multiclass"), "--out", str(out),
+                                         "--threshold", "1"]), "eye_overlay.png", "no space left")
+    assert {file.name: file.read_bytes() for file in out.iterdir()} == before
 
 
 def test_save_probabilities_writes_the_model_input_and_its_answer(models, fundus, tmp_path, capsys):
@@ -162,10 +232,13 @@ def test_binary_model_thresholds_its_single_plane(models, fundus, tmp_path, thre
     predict.main([str(path), "--model", str(models / "binary"), "--out", str(tmp_path), "--threshold", threshold])
     planes = np.load(tmp_path / "eye.npy")
     assert planes.shape == (70, 90, 1)
+    table = json.loads((tmp_path / "eye_detections.json").read_text())
+    assert table["classes"] == ["hemorrhages"] and table["thresholds"] == {"hemorrhages": float(threshold)}
     if expected == "none":
-        assert not planes.any()
+        assert not planes.any() and table["detections"] == []
     else:
         assert_plane_is(planes[..., 0], lit if expected == "fov" else bright)
+        assert [row["area_px"] for row in table["detections"]] == [planes.sum()]
 
 
 def write_eval_json(path, thresholds, min_component_px=1, drop_on_optic_disc=False):

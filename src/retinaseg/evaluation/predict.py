@@ -1,4 +1,4 @@
-"""Segment new fundus images with a trained model: class planes and an overlay per image.
+"""Segment new fundus images with a trained model: class planes, a detection table and an overlay per image.
 
     retinaseg-predict IMAGE... --model PATH_OR_MLFLOW_URI --out DIR [--threshold 0.5 | --eval EVAL_JSON]
         [--no-crop] [--save-probabilities]
@@ -6,8 +6,12 @@
 ``--model`` is a ``model.keras`` file, a ``models/<variant>`` folder or an MLflow model URI
 (``runs:/<run_id>/model``; from the Model Registry ``models:/retinaseg-<task>/<version>`` or
 ``models:/retinaseg-<task>@champion``, the best evaluated model of the task). Each image
-gives ``DIR/<stem>.npy`` (uint8 {0,1} class planes [H,W,C] at the image's own size) and
-``DIR/<stem>_overlay.png``. Lesions are kept inside the field of view only. ``--eval
+gives ``DIR/<stem>.npy`` (uint8 {0,1} class planes [H,W,C] at the image's own size),
+``DIR/<stem>_detections.json`` (each 8-connected lesion component of those planes, as evaluation
+labels them: class, centroid [x, y], bbox [x0, y0, x1, y1) in image pixels, area, peak and mean
+probability; with the thresholds used) and ``DIR/<stem>_overlay.png`` (each component outlined in
+its class colour, so the lesion under it stays visible). An image's files are written all
+together or not at all. Lesions are kept inside the field of view only. ``--eval
 metrics/eval/<variant>/eval.json`` applies that evaluation's post-processing: its per-class
 thresholds (chosen on validation images), smallest component and optic-disc rule.
 
@@ -27,16 +31,22 @@ and the field-of-view rule. ``--save-probabilities`` writes both sides for each 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from retinaseg.core import stage
-from retinaseg.core.atomic import atomic_path, save_npy
+from retinaseg.core.atomic import atomic_path
 from retinaseg.core.errors import PipelineError, one_line
+from retinaseg.core.tasks import Task
 from retinaseg.evaluation import anatomy
+from retinaseg.evaluation.metrics import EIGHT_CONNECTED
 from retinaseg.evaluation.postprocess import Rules, probability
 from retinaseg.evaluation.score import Scoring
 from retinaseg.model.trained import TrainedModel, load_trained, predict_batches
@@ -44,12 +54,14 @@ from retinaseg.prepare.fundus import crop_resize, full_box, image_fundus_box, im
 
 #: Lesion colours of the overlay, chosen to stand out on an orange-red retina.
 PALETTE = ((0, 255, 255), (255, 255, 0), (0, 255, 0), (255, 0, 255), (0, 128, 255), (255, 255, 255))
-#: Weight of the lesion colour where it is painted over the image.
-ALPHA = 0.55
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="retinaseg-predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="retinaseg-predict", description=__doc__.splitlines()[0],
+        epilog="Writes per image DIR/<stem>.npy (class planes), DIR/<stem>_detections.json (one row per kept "
+               "lesion component: class, centroid, bbox, area, peak and mean probability; with the thresholds) "
+               "and DIR/<stem>_overlay.png (components outlined in their class colour).")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="fundus images (any size and mode)")
     parser.add_argument("--model", required=True, metavar="PATH_OR_MLFLOW_URI",
                         help="model.keras, models/<variant>, runs:/<run_id>/model, models:/<name>/<version> "
@@ -71,7 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def output_names(stem: str, save_probabilities: bool) -> list[str]:
     """The files one image writes into the output folder."""
     extra = [f"{stem}_input.npy", f"{stem}_probabilities.npy"] if save_probabilities else []
-    return [f"{stem}.npy", f"{stem}_overlay.png", *extra]
+    return [f"{stem}.npy", f"{stem}_overlay.png", f"{stem}_detections.json", *extra]
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -115,6 +127,7 @@ class Prediction:
     model_input: np.ndarray  # uint8 [S,S,3]: the fundus cropped and resized
     probabilities: np.ndarray  # float32 [S,S,C]
     planes: np.ndarray  # uint8 {0,1} [H,W,C] at the image's size
+    detections: list[dict]  # the lesion components of ``planes`` (``find_detections``)
 
 
 def predict_image(trained: TrainedModel, image: np.ndarray, rules: Rules, crop: bool) -> Prediction:
@@ -131,22 +144,67 @@ def predict_image(trained: TrainedModel, image: np.ndarray, rules: Rules, crop: 
     planes = rules.apply(probabilities, fov, disc)
     if trained.task.is_multiclass:
         planes[~fov, 0] = False  # no class outside the field of view
-    return Prediction(resized, probabilities.astype(np.float32),
-                      paste_back(planes.astype(np.uint8), box, (height, width)))
+    probabilities = probabilities.astype(np.float32)
+    image_planes = paste_back(planes.astype(np.uint8), box, (height, width))
+    detections = find_detections(image_planes, paste_back(probabilities, box, (height, width)), trained.task)
+    return Prediction(resized, probabilities, image_planes, detections)
 
 
 def paste_back(planes: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of [S,S,C] planes onto the box of a zero [H,W,C] canvas.
 
-    Nearest neighbour keeps the planes binary and one-hot; pixel centres are sampled as
-    Pillow's NEAREST does.
+    Nearest neighbour keeps the planes binary and one-hot, and gives each image pixel the
+    probability of the model pixel its class came from; pixel centres are sampled as Pillow's
+    NEAREST does.
     """
     left, top, right, bottom = box
     rows = ((np.arange(bottom - top) + 0.5) * planes.shape[0] / (bottom - top)).astype(int)
     cols = ((np.arange(right - left) + 0.5) * planes.shape[1] / (right - left)).astype(int)
-    full = np.zeros((*shape, planes.shape[-1]), dtype=np.uint8)
+    full = np.zeros((*shape, planes.shape[-1]), dtype=planes.dtype)
     full[top:bottom, left:right] = planes[np.ix_(rows, cols)]
     return full
+
+
+def find_detections(planes: np.ndarray, probabilities: np.ndarray, task: Task) -> list[dict]:
+    """One row per 8-connected lesion component of uint8 planes [H,W,C], by class, then by falling peak.
+
+    Labelled as evaluation labels components, on the planes as written (at the image's size),
+    so the table and ``<stem>.npy`` agree component for component. ``probabilities`` [H,W,C]
+    are the model's, resampled like the planes. Centroids are mean pixel indices [x, y]
+    (``ndimage.center_of_mass``); bboxes are [x0, y0, x1, y1), as numpy slices take them.
+    """
+    rows = []
+    for plane in task.lesion_planes:
+        labels, count = ndimage.label(planes[..., plane], structure=EIGHT_CONNECTED)
+        index = np.arange(1, count + 1)
+        probability = probabilities[..., plane]
+        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        centres = ndimage.center_of_mass(labels > 0, labels, index)
+        peaks, means = ndimage.maximum(probability, labels, index), ndimage.mean(probability, labels, index)
+        found = [{"class": task.plane_names[plane],
+                  "centroid": [round(float(x), 1), round(float(y), 1)],
+                  "bbox": [box[1].start, box[0].start, box[1].stop, box[0].stop],
+                  "area_px": int(area),
+                  "peak_probability": round(float(peak), 4),
+                  "mean_probability": round(float(mean), 4)}
+                 for (y, x), box, area, peak, mean in zip(centres, ndimage.find_objects(labels), areas, peaks, means)]
+        rows += sorted(found, key=lambda row: (-row["peak_probability"], -row["area_px"]))
+    return rows
+
+
+def detection_table(path: Path, image: np.ndarray, prediction: Prediction, task: Task, rules: Rules) -> dict:
+    """The content of ``<stem>_detections.json``: the detections with what a reviewer needs to read them."""
+    return {"image": path.name, "width": image.shape[1], "height": image.shape[0],
+            "classes": task.lesion_names,
+            "thresholds": dict(zip(task.lesion_names, map(float, rules.thresholds))),
+            "detections": prediction.detections}
+
+
+def table_text(table: dict) -> str:
+    """``detection_table`` as JSON with one detection a line, so that it reads (and greps) like a table."""
+    rows = ",\n".join(f"    {json.dumps(row)}" for row in table["detections"])
+    before, _, after = json.dumps({**table, "detections": []}, indent=2).rpartition("[]")
+    return before + (f"[\n{rows}\n  ]" if rows else "[]") + after + "\n"
 
 
 def legend_height(image_height: int, rows: int) -> int:
@@ -158,35 +216,61 @@ def _font_size(image_height: int) -> int:
     return max(10, image_height // 40)
 
 
-def class_overlay(image: np.ndarray, planes: np.ndarray, trained: TrainedModel) -> Image.Image:
-    """The image with each lesion class blended in its colour, above a legend strip."""
-    painted = image.astype(np.float32)
-    lesions = trained.task.lesion_planes
-    for index, plane in enumerate(lesions):
-        where = planes[..., plane].astype(bool)
-        painted[where] = (1 - ALPHA) * painted[where] + ALPHA * np.array(PALETTE[index % len(PALETTE)])
+def outline_width(shape: tuple[int, int]) -> int:
+    """Outline thickness in pixels: 1 on small images, 2 at 1500x1152, so a reviewer sees it unzoomed."""
+    return 1 + max(shape) // 1000
+
+
+def outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """The pixels of boolean ``mask`` within ``width`` pixels of its edge (the image border counts as edge).
+
+    Drawn inside the components, so an outline never covers the retina around a lesion or
+    another class's component.
+    """
+    return mask & ~ndimage.binary_erosion(mask, iterations=width)
+
+
+def class_overlay(image: np.ndarray, planes: np.ndarray, task: Task) -> Image.Image:
+    """The image with each lesion component outlined in its class colour, above a legend strip.
+
+    Outlines rather than fills, so the lesion under each detection stays visible to a reviewer.
+    """
+    outlined, lesions = image.copy(), task.lesion_planes
     height, width = image.shape[:2]
+    thickness = outline_width((height, width))
+    for index, plane in enumerate(lesions):
+        outlined[outline(planes[..., plane].astype(bool), thickness)] = PALETTE[index % len(PALETTE)]
     canvas = Image.new("RGB", (width, height + legend_height(height, len(lesions))), "white")
-    canvas.paste(Image.fromarray(np.rint(painted).astype(np.uint8)), (0, 0))
+    canvas.paste(Image.fromarray(outlined), (0, 0))
     draw, size = ImageDraw.Draw(canvas), _font_size(height)
     font = ImageFont.load_default(size)
     for index, plane in enumerate(lesions):
         y = height + 8 + index * (size + 8)
         draw.rectangle((8, y, 8 + size, y + size), fill=PALETTE[index % len(PALETTE)], outline="black")
-        draw.text((16 + size, y), trained.task.plane_names[plane], fill="black", font=font)
+        draw.text((16 + size, y), task.plane_names[plane], fill="black", font=font)
     return canvas
 
 
-def write_outputs(path: Path, image: np.ndarray, prediction: Prediction, trained: TrainedModel, out_dir: Path,
+def write_outputs(path: Path, image: np.ndarray, prediction: Prediction, task: Task, rules: Rules, out_dir: Path,
                   save_probabilities: bool) -> list[Path]:
-    """Write the files of ``output_names`` atomically; return their paths."""
-    paths = [out_dir / name for name in output_names(path.stem, save_probabilities)]
-    save_npy(paths[0], prediction.planes)
-    with atomic_path(paths[1]) as tmp:
-        class_overlay(image, prediction.planes, trained).save(tmp, format="PNG")
+    """Write the files of ``output_names``, all or none; return their paths.
+
+    Each file goes to a temporary name inside its own ``atomic_path``, nested, and all are
+    renamed into place once the last is written: a failure (a full disk) leaves every earlier
+    version as it was, never a new ``.npy`` beside an old table.
+    """
+    table = table_text(detection_table(path, image, prediction, task, rules))
+    writers: list[Callable[[Path], object]] = [
+        lambda tmp: np.save(tmp, prediction.planes),
+        lambda tmp: class_overlay(image, prediction.planes, task).save(tmp, format="PNG"),
+        lambda tmp: tmp.write_text(table, encoding="utf-8"),
+    ]
     if save_probabilities:
-        save_npy(paths[2], prediction.model_input)
-        save_npy(paths[3], prediction.probabilities)
+        writers += [lambda tmp: np.save(tmp, prediction.model_input), lambda tmp: np.save(tmp, prediction.probabilities)]
+    paths = [out_dir / name for name in output_names(path.stem, save_probabilities)]
+    with contextlib.ExitStack() as stack:
+        for target, write in zip(paths, writers, strict=True):
+            write(stack.enter_context(atomic_path(target)))
     return paths
 
 
@@ -201,7 +285,7 @@ def main(argv: list[str]) -> None:
     for path in args.images:
         image = read_image(path)
         prediction = predict_image(trained, image, rules, crop)
-        written = write_outputs(path, image, prediction, trained, args.out, args.save_probabilities)
+        written = write_outputs(path, image, prediction, trained.task, rules, args.out, args.save_probabilities)
         counts = prediction.planes.sum(axis=(0, 1), dtype=np.int64)
         pixels = ", ".join(f"{name} {count}" for name, count in zip(trained.task.plane_names, counts.tolist()))
         print(f"{path.name}: {image.shape[1]}x{image.shape[0]} -> {', '.join(map(str, written))}; {pixels} px")
